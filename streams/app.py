@@ -1,0 +1,86 @@
+"""Build the Faust app: topics, agents and web endpoints, wired to a Gateway.
+
+Thin glue. One agent per priority topic (concurrency 1, manual acks) hands each record
+to the gateway; the gateway decides and answers. Built by a factory, never at import,
+so tests and several workers in one machine get apps of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+
+from streams.config import PRIORITIES, SluicegateConfig
+from streams.worker import Gateway
+
+log = logging.getLogger("sluicegate.app")
+
+
+def build_app(config: SluicegateConfig, *, web_port: int | None = None) -> tuple[faust.App, Gateway]:
+    w = config.worker
+    datadir = Path(w.data_dir).resolve()
+    app = faust.App(
+        w.app_id,
+        broker=f"kafka://{config.kafka.bootstrap_servers}",
+        store="rocksdb://",
+        datadir=str(datadir),
+        topic_partitions=config.kafka.partitions,
+        topic_replication_factor=config.kafka.replication_factor,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=w.commit_interval_s,
+        # Keep the backlog in Kafka, not in worker memory: a small per-partition buffer.
+        stream_buffer_maxsize=64,
+        broker_max_poll_records=200,
+        producer_acks=-1,
+        producer_linger=0.001,
+        producer_request_timeout=30.0,
+        web_enabled=True,
+        web_bind=w.web_host,
+        web_host=w.web_host,
+        web_port=web_port if web_port is not None else w.web_port,
+        web_in_thread=False,
+        table_cleanup_interval=30.0,
+    )
+    gateway = Gateway(config, app)
+
+    for priority in PRIORITIES:
+        topic = app.topic(
+            config.request_topic(priority), key_type=bytes, value_type=bytes,
+            partitions=config.kafka.partitions, internal=False,
+        )
+        _add_intake_agent(app, gateway, topic, priority)
+
+    @app.task
+    async def dispatcher() -> None:
+        await gateway.dispatch_forever()
+
+    @app.page("/status")
+    class StatusView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(gateway.status())
+
+    @app.page("/healthz")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            request_topics = {config.request_topic(p) for p in PRIORITIES}
+            assigned = app.consumer.assignment() if app.consumer else set()
+            owned = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned
+                           if tp.topic in request_topics)
+            return self.json({"ok": True, "request_partitions": len(owned), "owned": owned})
+
+    app.gateway = gateway  # type: ignore[attr-defined]
+    return app, gateway
+
+
+def _add_intake_agent(app: faust.App, gateway: Gateway, topic: Any, priority: str) -> None:
+    async def intake(stream: Any) -> None:
+        async for event in stream.noack().events():
+            await gateway.intake(event)
+
+    app.agent(topic, name=f"sluicegate.intake.{priority}", concurrency=1)(intake)

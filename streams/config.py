@@ -1,0 +1,242 @@
+"""sluicegate.toml -> frozen, validated models.
+
+One TOML file configures everything: Kafka and topics, the worker, providers with their
+models and prices, routes with fallback chains, tenants with their limits and budgets.
+It is validated at start; every error names the bad key (``tenants.acme.rpm: ...``).
+Money is written in US dollars in the file and held as integer micro-dollars here.
+Provider API keys are never in the file: a provider names the environment variable
+that holds its key (``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.errors import SluicegateError
+
+PRIORITIES = ("critical", "high", "normal", "low")
+Priority = Literal["critical", "high", "normal", "low"]
+
+
+class ConfigError(SluicegateError):
+    """sluicegate.toml is missing, unreadable or invalid; the message names the key."""
+
+
+def usd_to_micros(usd: float) -> int:
+    return int((Decimal(str(usd)) * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Model):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field(default="sg", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=8, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1)
+    retention_days: float = Field(default=14, gt=0)
+    deadletter_retention_days: float = Field(default=30, gt=0)
+
+
+class WorkerConfig(_Model):
+    app_id: str = "sluicegate"
+    data_dir: str = ".run/worker"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    queue_capacity: int = Field(default=1000, ge=1)
+    max_in_flight: int = Field(default=256, ge=1)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    max_messages: int = Field(default=256, ge=1)
+
+
+class DeadlinesConfig(_Model):
+    """Default deadline per priority, in seconds after the request was created."""
+
+    critical: float = Field(default=30, gt=0)
+    high: float = Field(default=60, gt=0)
+    normal: float = Field(default=120, gt=0)
+    low: float = Field(default=300, gt=0)
+
+    def ms(self, priority: str) -> int:
+        return int(getattr(self, priority) * 1000)
+
+
+class ModelConfig(_Model):
+    input_usd_per_mtok: float = Field(ge=0)
+    output_usd_per_mtok: float = Field(ge=0)
+    cached_input_usd_per_mtok: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_in_flight: int | None = Field(default=None, ge=1)
+
+
+class ProviderConfig(_Model):
+    kind: Literal["openai", "anthropic"] = "openai"
+    base_url: str
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=30, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+    models: dict[str, ModelConfig]
+
+    @field_validator("models")
+    @classmethod
+    def _has_models(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        if not value:
+            raise ValueError("a provider needs at least one model")
+        return value
+
+
+class RouteConfig(_Model):
+    """A name requests can use as ``model``: a primary model and its fallback chain."""
+
+    primary: str = Field(description="provider/model")
+    fallbacks: list[str] = Field(default_factory=list)
+    static_message: str | None = None
+
+
+class FeatureConfig(_Model):
+    daily_budget_usd: float | None = Field(default=None, ge=0)
+    on_exceed: Literal["reject", "downgrade"] = "reject"
+    downgrade_to: str | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    static_message: str | None = None
+
+
+class TenantConfig(_Model):
+    max_priority: Priority = "high"
+    allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    daily_budget_usd: float | None = Field(default=None, ge=0)
+    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    on_exceed: Literal["reject", "downgrade"] = "reject"
+    downgrade_to: str | None = None
+    api_key_sha256: list[str] = Field(default_factory=list)
+    features: dict[str, FeatureConfig] = Field(default_factory=dict)
+
+    def allows_model(self, name: str) -> bool:
+        return "*" in self.allowed_models or name in self.allowed_models
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    provider: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True)
+class ResolvedRoute:
+    name: str
+    chain: tuple[ModelRef, ...]  # primary first, then fallbacks
+    static_message: str | None
+
+
+class SluicegateConfig(_Model):
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    deadlines: DeadlinesConfig = Field(default_factory=DeadlinesConfig)
+    providers: dict[str, ProviderConfig]
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    tenants: dict[str, TenantConfig]
+    default_static_message: str = (
+        "The assistant is temporarily unavailable. Please try again in a few minutes."
+    )
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> SluicegateConfig:
+        for name, route in self.routes.items():
+            for i, ref in enumerate([route.primary, *route.fallbacks]):
+                where = "primary" if i == 0 else f"fallbacks[{i - 1}]"
+                self._check_ref(f"routes.{name}.{where}", ref)
+        for tname, tenant in self.tenants.items():
+            for fname, feature in tenant.features.items():
+                if feature.on_exceed == "downgrade" and not feature.downgrade_to:
+                    raise ValueError(f"tenants.{tname}.features.{fname}.downgrade_to is required")
+            if tenant.on_exceed == "downgrade" and not tenant.downgrade_to:
+                raise ValueError(f"tenants.{tname}.downgrade_to is required with downgrade")
+        return self
+
+    def _check_ref(self, where: str, ref: str) -> None:
+        provider, _, model = ref.partition("/")
+        if not model:
+            raise ValueError(f"{where}: {ref!r} must be written provider/model")
+        if provider not in self.providers:
+            raise ValueError(f"{where}: unknown provider {provider!r}")
+        if model not in self.providers[provider].models:
+            raise ValueError(f"{where}: provider {provider!r} has no model {model!r}")
+
+    # -- lookups used by the worker -------------------------------------------------
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.kafka.topic_prefix}.{suffix}"
+
+    def request_topic(self, priority: str) -> str:
+        return self.topic(f"requests.{priority}")
+
+    def model_config_of(self, ref: ModelRef) -> ModelConfig:
+        return self.providers[ref.provider].models[ref.model]
+
+    def resolve_route(self, name: str) -> ResolvedRoute | None:
+        """A route name, ``provider/model``, or a model name offered by one provider."""
+        route = self.routes.get(name)
+        if route is not None:
+            chain = tuple(_parse_ref(r) for r in [route.primary, *route.fallbacks])
+            return ResolvedRoute(name, chain, route.static_message)
+        provider, _, model = name.partition("/")
+        if model and provider in self.providers and model in self.providers[provider].models:
+            return ResolvedRoute(name, (ModelRef(provider, model),), None)
+        owners = [p for p, cfg in self.providers.items() if name in cfg.models]
+        if len(owners) == 1:
+            return ResolvedRoute(name, (ModelRef(owners[0], name),), None)
+        return None
+
+    def model_names(self) -> list[str]:
+        names = set(self.routes)
+        for provider, cfg in self.providers.items():
+            names.update(f"{provider}/{m}" for m in cfg.models)
+            names.update(cfg.models)
+        return sorted(names)
+
+
+def _parse_ref(ref: str) -> ModelRef:
+    provider, _, model = ref.partition("/")
+    return ModelRef(provider, model)
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> SluicegateConfig:
+    try:
+        return SluicegateConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_error(exc)}") from None
+
+
+def load_config(path: str | Path) -> SluicegateConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
