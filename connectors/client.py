@@ -71,7 +71,7 @@ class ChatResponse:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ChatResponse:
         names = {f.name for f in fields(cls)} - {"record", "trail"}
-        values = {name: record.get(name) for name in names}
+        values: dict[str, Any] = {name: record.get(name) for name in names}
         return cls(**values, trail=tuple(record.get("trail") or ()), record=record)
 
 
@@ -151,7 +151,7 @@ class SluicegateClient:
         await self._consumer.start()
         partitions = self._consumer.partitions_for_topic(self.reply_topic)
         if partitions is None:
-            await self._consumer._client.force_metadata_update()  # noqa: SLF001
+            await self._consumer._client.force_metadata_update()
             partitions = self._consumer.partitions_for_topic(self.reply_topic)
         if not partitions:
             raise SluicegateError(f"reply topic {self.reply_topic} does not exist")

@@ -20,7 +20,9 @@ from streams.worker import Gateway
 log = logging.getLogger("sluicegate.app")
 
 
-def build_app(config: SluicegateConfig, *, web_port: int | None = None) -> tuple[faust.App, Gateway]:
+def build_app(
+    config: SluicegateConfig, *, web_port: int | None = None
+) -> tuple[faust.App, Gateway]:
     w = config.worker
     datadir = Path(w.data_dir).resolve()
     app = faust.App(
@@ -37,6 +39,10 @@ def build_app(config: SluicegateConfig, *, web_port: int | None = None) -> tuple
         # Keep the backlog in Kafka, not in worker memory: a small per-partition buffer.
         stream_buffer_maxsize=64,
         broker_max_poll_records=200,
+        # A killed worker's partitions move after 10 s, not Faust's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=30.0,
         producer_acks=-1,
         producer_linger=0.001,
         producer_request_timeout=30.0,
@@ -51,8 +57,14 @@ def build_app(config: SluicegateConfig, *, web_port: int | None = None) -> tuple
 
     for priority in PRIORITIES:
         topic = app.topic(
-            config.request_topic(priority), key_type=bytes, value_type=bytes,
-            partitions=config.kafka.partitions, internal=False,
+            config.request_topic(priority),
+            key_type=bytes,
+            value_type=bytes,
+            # Explicit: with bytes types Faust still falls back to the app's json codec.
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=config.kafka.partitions,
+            internal=False,
         )
         _add_intake_agent(app, gateway, topic, priority)
 
@@ -70,8 +82,9 @@ def build_app(config: SluicegateConfig, *, web_port: int | None = None) -> tuple
         async def get(self, request: Request) -> Response:
             request_topics = {config.request_topic(p) for p in PRIORITIES}
             assigned = app.consumer.assignment() if app.consumer else set()
-            owned = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned
-                           if tp.topic in request_topics)
+            owned = sorted(
+                f"{tp.topic}:{tp.partition}" for tp in assigned if tp.topic in request_topics
+            )
             return self.json({"ok": True, "request_partitions": len(owned), "owned": owned})
 
     app.gateway = gateway  # type: ignore[attr-defined]
@@ -82,5 +95,6 @@ def _add_intake_agent(app: faust.App, gateway: Gateway, topic: Any, priority: st
     async def intake(stream: Any) -> None:
         async for event in stream.noack().events():
             await gateway.intake(event)
+            await gateway.wait_for_gate(priority)
 
     app.agent(topic, name=f"sluicegate.intake.{priority}", concurrency=1)(intake)

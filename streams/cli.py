@@ -1,11 +1,11 @@
 """The ``sluicegate`` command line.
 
-    sluicegate worker            run a worker (creates topics first)
-    sluicegate simulator         run the fault-injecting provider simulator
-    sluicegate topics create     create the topics (idempotent)
-    sluicegate submit ...        send one request and print the response
-    sluicegate status            the worker's queues, in-flight calls and counts
-    sluicegate dev               what `make run` runs: simulator + worker + demo traffic
+sluicegate worker            run a worker (creates topics first)
+sluicegate simulator         run the fault-injecting provider simulator
+sluicegate topics create     create the topics (idempotent)
+sluicegate submit ...        send one request and print the response
+sluicegate status            the worker's queues, in-flight calls and counts
+sluicegate dev               what `make run` runs: simulator + worker + demo traffic
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if updates:
         config = config.model_copy(update={"worker": config.worker.model_copy(update=updates)})
     ensure_sluicegate_topics(config)
-    app, gateway = build_app(config)
+    app, _gateway = build_app(config)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
@@ -69,7 +69,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_simulator(args: argparse.Namespace) -> int:
     from connectors.simulator import run_simulator
 
-    run_simulator(args.host, args.port, args.config)
+    run_simulator(args.host, args.port, args.sim_config)
     return 0
 
 
@@ -97,9 +97,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if args.temperature is not None:
                 params["temperature"] = args.temperature
             response = await client.complete(
-                tenant=args.tenant, feature=args.feature, priority=args.priority,
-                model=args.model, messages=[{"role": "user", "content": args.prompt}],
-                timeout=args.timeout, cache_mode=args.cache, **params,
+                tenant=args.tenant,
+                feature=args.feature,
+                priority=args.priority,
+                model=args.model,
+                messages=[{"role": "user", "content": args.prompt}],
+                timeout=args.timeout,
+                cache_mode=args.cache,
+                **params,
             )
             return response.record
 
@@ -131,7 +136,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluicegate", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help=f"TOML file (default ${'{'}SLUICEGATE_CONFIG{'}'} or {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config", help=f"TOML file (default ${'{'}SLUICEGATE_CONFIG{'}'} or {DEFAULT_CONFIG})"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("worker", help="run a worker")
@@ -158,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="chat")
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--temperature", type=float)
-    p.add_argument("--cache", default="default", choices=["default", "bypass", "refresh", "only_if_cached"])
+    p.add_argument(
+        "--cache", default="default", choices=["default", "bypass", "refresh", "only_if_cached"]
+    )
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("prompt")
     p.set_defaults(func=cmd_submit)
@@ -178,8 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "simulator":
-        args.config = args.sim_config
     try:
         return int(args.func(args))
     except (ConfigError, SluicegateError) as exc:
@@ -191,5 +198,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

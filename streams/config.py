@@ -11,7 +11,6 @@ that holds its key (``api_key_env``).
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import SluicegateError
+from streams.policies import degradation
+from streams.policies.deadline import DeadlineConfig
+from streams.policies.degradation import ModelRef
 
 PRIORITIES = ("critical", "high", "normal", "low")
 Priority = Literal["critical", "high", "normal", "low"]
@@ -65,8 +67,45 @@ class DeadlinesConfig(_Model):
     normal: float = Field(default=120, gt=0)
     low: float = Field(default=300, gt=0)
 
-    def ms(self, priority: str) -> int:
-        return int(getattr(self, priority) * 1000)
+    def as_policy(self) -> DeadlineConfig:
+        return DeadlineConfig(
+            default_ms_by_priority={p: int(getattr(self, p) * 1000) for p in PRIORITIES}
+        )
+
+
+class SchedulerSettings(_Model):
+    """Load shedding and backpressure (fractions of worker.queue_capacity)."""
+
+    low_shed_watermark: float = Field(default=0.5, gt=0, le=1)
+    normal_shed_watermark: float = Field(default=0.8, gt=0, le=1)
+    high_shed_watermark: float | None = Field(default=None, gt=0, le=1)
+    low_pause_watermark: float = Field(default=0.4, gt=0, le=1)
+    normal_pause_watermark: float = Field(default=0.7, gt=0, le=1)
+    max_in_flight_per_model: int = Field(default=64, ge=1)
+
+
+class BreakerSettings(_Model):
+    window_type: Literal["count", "time"] = "count"
+    window_size: int = Field(default=20, ge=1, description="calls, or seconds for 'time'")
+    minimum_calls: int = Field(default=10, ge=1)
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    slow_call_s: float = Field(default=10.0, gt=0)
+    slow_call_rate_threshold: float = Field(default=0.8, gt=0, le=1)
+    open_s: float = Field(default=10.0, gt=0)
+    half_open_probes: int = Field(default=3, ge=1)
+
+
+class RetrySettings(_Model):
+    max_attempts: int = Field(default=3, ge=1)
+    base_ms: int = Field(default=200, ge=1)
+    cap_ms: int = Field(default=5000, ge=1)
+    budget_ratio: float = Field(default=0.2, ge=0, description="retries per first attempt")
+    budget_min_per_s: float = Field(default=1.0, ge=0)
+
+
+class ResilienceConfig(_Model):
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
 
 
 class ModelConfig(_Model):
@@ -127,32 +166,15 @@ class TenantConfig(_Model):
         return "*" in self.allowed_models or name in self.allowed_models
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    provider: str
-    model: str
-
-    def __str__(self) -> str:
-        return f"{self.provider}/{self.model}"
-
-
-@dataclass(frozen=True)
-class ResolvedRoute:
-    name: str
-    chain: tuple[ModelRef, ...]  # primary first, then fallbacks
-    static_message: str | None
-
-
 class SluicegateConfig(_Model):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     deadlines: DeadlinesConfig = Field(default_factory=DeadlinesConfig)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     providers: dict[str, ProviderConfig]
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     tenants: dict[str, TenantConfig]
-    default_static_message: str = (
-        "The assistant is temporarily unavailable. Please try again in a few minutes."
-    )
 
     @model_validator(mode="after")
     def _references_exist(self) -> SluicegateConfig:
@@ -188,18 +210,25 @@ class SluicegateConfig(_Model):
     def model_config_of(self, ref: ModelRef) -> ModelConfig:
         return self.providers[ref.provider].models[ref.model]
 
-    def resolve_route(self, name: str) -> ResolvedRoute | None:
-        """A route name, ``provider/model``, or a model name offered by one provider."""
+    def resolve_route(self, name: str) -> degradation.RouteConfig | None:
+        """A route name, ``provider/model``, or a model name offered by one provider.
+
+        A bare model has no fallbacks and no static message: when it fails, it fails.
+        """
         route = self.routes.get(name)
         if route is not None:
-            chain = tuple(_parse_ref(r) for r in [route.primary, *route.fallbacks])
-            return ResolvedRoute(name, chain, route.static_message)
+            return degradation.RouteConfig(
+                name,
+                ModelRef.parse(route.primary),
+                tuple(ModelRef.parse(r) for r in route.fallbacks),
+                static_message=route.static_message,
+            )
         provider, _, model = name.partition("/")
         if model and provider in self.providers and model in self.providers[provider].models:
-            return ResolvedRoute(name, (ModelRef(provider, model),), None)
+            return degradation.RouteConfig(name, ModelRef(provider, model), static_message=None)
         owners = [p for p, cfg in self.providers.items() if name in cfg.models]
         if len(owners) == 1:
-            return ResolvedRoute(name, (ModelRef(owners[0], name),), None)
+            return degradation.RouteConfig(name, ModelRef(owners[0], name), static_message=None)
         return None
 
     def model_names(self) -> list[str]:
@@ -208,11 +237,6 @@ class SluicegateConfig(_Model):
             names.update(f"{provider}/{m}" for m in cfg.models)
             names.update(cfg.models)
         return sorted(names)
-
-
-def _parse_ref(ref: str) -> ModelRef:
-    provider, _, model = ref.partition("/")
-    return ModelRef(provider, model)
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -40,8 +40,9 @@ def _get(url: str) -> Any:
 
 def _start(args: list[str], log_path: str) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args],
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", *args], stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def _wait(what: str, check: Any, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -67,11 +68,17 @@ def run_dev(config: SluicegateConfig, args: argparse.Namespace) -> int:
         print(f"simulator   {sim_url}   (faults: POST {sim_url}/admin/faults)")
         worker = _start(["--config", args.config or "sluicegate.toml", "worker"], ".run/worker.log")
         started.append(worker)
-        _wait("the worker", lambda: (_get(f"{web}/healthz") or {}).get("request_partitions"),
-              worker, 90)
+        _wait(
+            "the worker",
+            lambda: (_get(f"{web}/healthz") or {}).get("request_partitions"),
+            worker,
+            90,
+        )
         print(f"worker      {web}/status   (log: .run/worker.log)")
-        print("try:        .venv/bin/sluicegate submit --tenant acme --priority high "
-              "--model chat \"Hello\"")
+        print(
+            "try:        .venv/bin/sluicegate submit --tenant acme --priority high "
+            '--model chat "Hello"'
+        )
         print("Ctrl-C stops everything started here.\n")
         asyncio.run(_live(config, web, 0.0 if args.no_traffic else args.rate))
     except KeyboardInterrupt:
@@ -107,11 +114,15 @@ async def _traffic(client: SluicegateClient, config: SluicegateConfig, rate: flo
     tenants = sorted(config.tenants.items())
     while True:
         name, tenant = rng.choice(tenants)
-        allowed = PRIORITIES[PRIORITIES.index(tenant.max_priority):]
+        allowed = PRIORITIES[PRIORITIES.index(tenant.max_priority) :]
         model = "chat" if tenant.allows_model("chat") else tenant.allowed_models[0]
         await client.publish(
-            tenant=name, feature=rng.choice(["search", "support", "default"]),
-            priority=rng.choice(allowed), model=model, temperature=0.0, max_tokens=64,
+            tenant=name,
+            feature=rng.choice(["search", "support", "default"]),
+            priority=rng.choice(allowed),
+            model=model,
+            temperature=0.0,
+            max_tokens=64,
             messages=[{"role": "user", "content": rng.choice(PROMPTS)}],
         )
         await asyncio.sleep(rng.expovariate(rate))
@@ -132,10 +143,13 @@ async def _status_line(web: str) -> None:
                 rate = (received - previous[1]) / max(1e-6, now - previous[0])
             previous = (now, received)
             by_status = " ".join(
-                f"{k.removeprefix('status.')}={v}" for k, v in sorted(counts.items())
+                f"{k.removeprefix('status.')}={v}"
+                for k, v in sorted(counts.items())
                 if k.startswith("status.")
             )
-            line = (f"{rate:6.1f} req/s  queued={status.get('queued', 0)} "
-                    f"in-flight={status.get('in_flight', 0)}  {by_status or 'no responses yet'}")
+            line = (
+                f"{rate:6.1f} req/s  queued={status.get('queued', 0)} "
+                f"in-flight={status.get('in_flight', 0)}  {by_status or 'no responses yet'}"
+            )
         print(f"\r{line[:150]:<150}", end="", flush=True)
         await asyncio.sleep(1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from streams.config import PRIORITIES, SluicegateConfig
 
@@ -27,7 +27,10 @@ class TopicSpec:
 def topic_specs(config: SluicegateConfig) -> list[TopicSpec]:
     k = config.kafka
     audit = {"retention.ms": str(int(k.retention_days * DAY_MS)), "cleanup.policy": "delete"}
-    dead = {"retention.ms": str(int(k.deadletter_retention_days * DAY_MS)), "cleanup.policy": "delete"}
+    dead = {
+        "retention.ms": str(int(k.deadletter_retention_days * DAY_MS)),
+        "cleanup.policy": "delete",
+    }
     specs = [TopicSpec(config.request_topic(p), k.partitions, audit) for p in PRIORITIES]
     specs += [
         TopicSpec(config.topic("responses"), k.partitions, audit),
@@ -65,7 +68,9 @@ def ensure_topics(
                 )
             result[spec.name] = "exists"
         else:
-            wanted.append(NewTopic(spec.name, spec.partitions, replication_factor, config=spec.config))
+            wanted.append(
+                NewTopic(spec.name, spec.partitions, replication_factor, config=spec.config)
+            )
     if wanted:
         for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
             try:

@@ -1,46 +1,48 @@
 """The request path inside one worker: intake, schedule, call the provider, respond, ack.
 
-The Faust layer (streams/app.py) hands every consumed record to ``Gateway.intake``;
-the gateway decodes and validates it, asks the policies, queues it in the scheduler and
-returns, so intake keeps pulling while provider calls run concurrently. A dispatcher
-task takes work out of the scheduler (highest priority first) up to the in-flight limit.
-Each request ends in exactly one terminal response, produced together with its usage
-event (and dead letter, if any); only after the broker has acknowledged those writes is
-the request's offset released for commit, in offset order (streams/ack_order.py).
-A worker killed at any point therefore loses nothing: uncommitted requests are re-read.
+The Faust layer (streams/app.py) hands every consumed record to ``Gateway.intake``; the
+gateway decodes and validates it, asks the admission policies, offers it to the priority
+scheduler and returns, so intake keeps pulling while provider calls run concurrently.
+A dispatcher task takes work out of the scheduler (highest priority first, fair across
+tenants) up to the in-flight limits. Each request ends in exactly one terminal response,
+produced together with its usage event (and dead letter, if any); only after the broker
+has acknowledged those writes is the request's offset released for commit, in offset
+order (streams/ack_order.py). A worker killed at any point loses nothing: uncommitted
+requests are re-read by whichever worker owns the partition next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.providers import (
-    AuthError,
-    BadRequestError,
-    ChatCall,
-    Provider,
-    ProviderError,
-    ProviderTimeoutError,
-    RateLimitedError,
-    SpendLimitError,
-    build_provider,
-)
 from schemas import registry
 from schemas.registry import SchemaError
 from streams.ack_order import InOrderAcks
-from streams.config import PRIORITIES, ModelRef, ResolvedRoute, SluicegateConfig
+from streams.config import PRIORITIES, SluicegateConfig
 from streams.policies.clock import Clock, SystemClock
-from streams.policies.pricing import Price, cost_micros
+from streams.policies.deadline import effective_deadline_ms
+from streams.policies.degradation import ModelRef, RouteConfig
+from streams.policies.scheduler import (
+    Admission,
+    Dispatch,
+    Expired,
+    Priority,
+    Queued,
+    Scheduler,
+    SchedulerConfig,
+)
 from streams.policies.validation import TenantFacts, ValidationConfig, validate_request
 from streams.policies.verdict import Reason, Status
+from streams.provider_calls import ProviderCaller
 from streams.records import Outcome, Source, dead_letter_record, response_record, usage_record
+from streams.topics import admin_client
 
 log = logging.getLogger("sluicegate.worker")
 
@@ -60,9 +62,30 @@ class Job:
     context: contextvars.Context  # the event's context: table writes go to its partition
     received_ms: int
     deadline_ms: int
-    route: ResolvedRoute | None = None
+    route: RouteConfig | None = None
     trail: list[str] = field(default_factory=list)
     dispatched_ms: int = 0
+    est_tokens: int = 0
+
+
+def scheduler_config(config: SluicegateConfig) -> SchedulerConfig:
+    s = config.scheduler
+    per_model = {
+        f"{provider}/{name}": model.max_in_flight
+        for provider, p in config.providers.items()
+        for name, model in p.models.items()
+        if model.max_in_flight
+    }
+    return SchedulerConfig(
+        capacity=config.worker.queue_capacity,
+        low_shed_watermark=s.low_shed_watermark,
+        normal_shed_watermark=s.normal_shed_watermark,
+        high_shed_watermark=s.high_shed_watermark,
+        low_pause_watermark=s.low_pause_watermark,
+        normal_pause_watermark=s.normal_pause_watermark,
+        max_in_flight_per_route=s.max_in_flight_per_model,
+        route_max_in_flight=per_model,
+    )
 
 
 class Gateway:
@@ -76,18 +99,29 @@ class Gateway:
             max_message_bytes=config.worker.max_message_bytes,
             topic_prefix=config.kafka.topic_prefix,
         )
-        self.queue: asyncio.PriorityQueue[tuple[int, int, Job]] = asyncio.PriorityQueue(
-            maxsize=config.worker.queue_capacity
-        )
-        self._seq = 0
+        self.scheduler: Scheduler[Job] = Scheduler(scheduler_config(config))
+        self.deadlines = config.deadlines.as_policy()
+        self.providers = ProviderCaller(config, self.clock)
         self.in_flight = 0
-        self._slots = asyncio.Semaphore(config.worker.max_in_flight)
-        self._providers: dict[str, Provider] = {}
-        self._known_topics: set[str] = set()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._paused: frozenset[Priority] = frozenset()
+        self._gates = {p: asyncio.Event() for p in Priority}
+        for gate in self._gates.values():
+            gate.set()
+        self._known_topics: set[str] = {
+            config.topic(name)
+            for name in ("responses", "usage", "deadletter.shed", "deadletter.failed")
+        }
+        self._admin = admin_client(config.kafka.bootstrap_servers)
         self.counts: Counter[str] = Counter()
         self.started_at = time.time()
 
     # -- intake ----------------------------------------------------------------------
+
+    async def wait_for_gate(self, priority: str) -> None:
+        """Backpressure: returns when this priority's intake may take another record."""
+        await self._gates[Priority.from_name(priority)].wait()
 
     async def intake(self, event: Any) -> None:
         """Take one consumed record: answer it now, or queue it for a provider call."""
@@ -113,14 +147,44 @@ class Gateway:
             await self.finish(job, Outcome(Status.REJECTED, Reason.INVALID, detail))
             return
         job.route = self.config.resolve_route(request["model"])
-        job.deadline_ms = request["deadline_ms"] or (
-            int(request["created_at"]) + self.config.deadlines.ms(priority)
+        assert job.route is not None  # validation checked it
+        job.deadline_ms = effective_deadline_ms(
+            int(request["created_at"]), request["deadline_ms"], priority, self.deadlines
         )
-        if now >= job.deadline_ms:
-            await self.finish(job, _expired(job, now))
+        job.est_tokens = estimate_tokens(request)
+        await self._wait_for_room(Priority.from_name(priority))
+        admission = self.scheduler.offer(
+            now,
+            Queued(
+                job,
+                request["tenant"],
+                Priority.from_name(priority),
+                now,
+                job.deadline_ms,
+                str(job.route.primary),
+                job.est_tokens,
+            ),
+        )
+        for evicted in admission.evicted:
+            self._shed_later(evicted.item, Reason.OVERLOADED, admission)
+        if not admission.admitted:
+            await self.finish(job, _shed(job, admission.reason, admission))
             return
-        self._seq += 1
-        await self.queue.put((PRIORITIES.index(priority), self._seq, job))
+        self._update_pauses()
+        self._wake.set()
+
+    async def _wait_for_room(self, priority: Priority) -> None:
+        """Backpressure: a full scheduler stops this priority's intake (Kafka keeps the rest)."""
+        s = self.scheduler
+        while len(s) >= self.config.worker.queue_capacity and not any(
+            s.depth(lower) for lower in Priority if lower > priority
+        ):
+            self._room.clear()
+            await self._room.wait()
+
+    def _shed_later(self, job: Job, reason: Reason, admission: Admission[Job]) -> None:
+        outcome = _shed(job, reason, admission)
+        job.context.run(asyncio.create_task, self.finish(job, outcome))
 
     def _validate(self, request: dict[str, Any]) -> list[Any]:
         tenant = self.config.tenants.get(request["tenant"])
@@ -141,7 +205,9 @@ class Gateway:
         stub = {"request_id": request_id, "reply_to": headers.get(HEADER_REPLY_TO)}
         outcome = Outcome(Status.REJECTED, Reason.INVALID, f"undecodable record: {why}")
         writes = [
-            self._dead_letter(source, raw, Reason.UNDECODABLE, outcome.detail, stub, now, failed=True)
+            self._dead_letter(
+                source, raw, Reason.UNDECODABLE, outcome.detail, stub, now, failed=True
+            )
         ]
         if request_id:
             writes.append(self._response_write(stub, outcome, 0, now))
@@ -151,96 +217,97 @@ class Gateway:
     # -- dispatch --------------------------------------------------------------------
 
     async def dispatch_forever(self) -> None:
-        """Start provider calls, highest priority first, up to the in-flight limit."""
+        """Start provider calls, highest priority first, up to the in-flight limits."""
+        limit = self.config.worker.max_in_flight
         while True:
-            await self._slots.acquire()
-            _, _, job = await self.queue.get()
-            job.dispatched_ms = self.clock.now_ms()
-            self.in_flight += 1
-            job.context.run(asyncio.create_task, self._run(job))
+            # Wake on work, or tick: deadlines pass and provider limits refill with time.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=0.1)
+            self._wake.clear()
+            while self.in_flight < limit:
+                now = self.clock.now_ms()
+                picked = self.scheduler.next(now, self._can_dispatch)
+                if picked is None:
+                    break
+                job = picked.queued.item
+                if isinstance(picked, Expired):
+                    job.context.run(asyncio.create_task, self.finish(job, _expired(job, now)))
+                    continue
+                assert isinstance(picked, Dispatch)
+                job.dispatched_ms = now
+                self.in_flight += 1
+                job.context.run(asyncio.create_task, self._run(job))
+            self._update_pauses()
+            self._room.set()
+
+    def _can_dispatch(self, route_key: str) -> bool:
+        now = self.clock.now_ms()
+        ref = ModelRef.parse(route_key)
+        # An open breaker does not hold the queue: the call degrades to a fallback.
+        return self.providers.is_open(ref, now) or self.providers.can_dispatch(ref, now)
 
     async def _run(self, job: Job) -> None:
+        assert job.route is not None
+        route_key = str(job.route.primary)
+        started = self.clock.now_ms()
         try:
-            outcome = await self.call_route(job)
-            await self.finish(job, outcome)
+            outcome = await self.providers.call_route(
+                job.request,
+                job.route,
+                job.deadline_ms,
+                job.trail,
+                job.est_tokens,
+                static_message=self._static_message(job),
+            )
         except Exception:  # a bug: answer the request rather than leave it hanging
             log.exception("request %s failed inside the worker", job.request.get("request_id"))
-            await self.finish(job, Outcome(Status.FAILED, Reason.PROVIDER_ERROR, "internal error"))
+            outcome = Outcome(Status.FAILED, Reason.PROVIDER_ERROR, "internal error")
         finally:
             self.in_flight -= 1
-            self._slots.release()
+            self.scheduler.finished(self.clock.now_ms(), route_key, self.clock.now_ms() - started)
+            self._wake.set()
+        await self.finish(job, outcome)
 
-    async def call_route(self, job: Job) -> Outcome:
-        """Try the route's models in order; degrade to its static message, else fail."""
-        assert job.route is not None
-        request = job.request
-        attempts = 0
-        last_error: ProviderError | None = None
-        for index, ref in enumerate(job.route.chain):
-            now = self.clock.now_ms()
-            if now >= job.deadline_ms:
-                return _expired(job, now)
-            attempts += 1
-            try:
-                result = await self._provider(ref).complete(
-                    _chat_call(request, ref, (job.deadline_ms - now) / 1000)
-                )
-            except ProviderError as exc:
-                last_error = exc
-                job.trail.append(f"{ref}: {type(exc).__name__} {exc.status or ''}".strip())
-                if isinstance(exc, BadRequestError | AuthError | SpendLimitError):
-                    break  # another model will not fix the request or the account
-                continue
-            cost = cost_micros(
-                self.price(ref), result.prompt_tokens, result.completion_tokens,
-                result.cached_prompt_tokens,
-            )
-            job.trail.append(f"{ref}: ok")
-            degraded = index > 0
-            return Outcome(
-                Status.DEGRADED if degraded else Status.OK,
-                content=result.content,
-                finish_reason=result.finish_reason,
-                model=ref.model,
-                provider=ref.provider,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                cached_prompt_tokens=result.cached_prompt_tokens,
-                cost_micros=cost,
-                degradation_reason=_reason_of(last_error).value if degraded else None,
-                attempts=attempts,
-                trail=job.trail,
-            )
-        reason = _reason_of(last_error)
-        detail = str(last_error) if last_error else "no model could be called"
-        if job.route.static_message:
-            job.trail.append("static message")
-            return Outcome(
-                Status.DEGRADED, reason, detail, content=job.route.static_message,
-                degradation_reason=reason.value, attempts=attempts, trail=job.trail,
-            )
-        return Outcome(Status.FAILED, reason, detail, attempts=attempts, trail=job.trail)
+    def _static_message(self, job: Job) -> str | None:
+        tenant = self.config.tenants.get(job.request["tenant"])
+        feature = tenant.features.get(job.request["feature"]) if tenant else None
+        return feature.static_message if feature else None
 
-    def price(self, ref: ModelRef) -> Price:
-        m = self.config.model_config_of(ref)
-        return Price.from_usd_per_mtok(
-            m.input_usd_per_mtok, m.output_usd_per_mtok, m.cached_input_usd_per_mtok
-        )
+    def _update_pauses(self) -> None:
+        paused = self.scheduler.paused_priorities(self.clock.now_ms())
+        if paused != self._paused:
+            self._paused = paused
+            self.apply_pauses()
 
-    def _provider(self, ref: ModelRef) -> Provider:
-        provider = self._providers.get(ref.provider)
-        if provider is None:
-            cfg = self.config.providers[ref.provider]
-            provider = build_provider(
-                cfg.kind, ref.provider, cfg.base_url, cfg.api_key_env, cfg.timeout_s,
-                cfg.max_connections,
-            )
-            self._providers[ref.provider] = provider
-        return provider
+    def apply_pauses(self) -> None:
+        """Open or close each priority's intake gate.
+
+        A closed gate stops that priority's intake agent; Faust's small per-partition
+        buffer then fills and the partition leaves the fetch set, so the backlog stays in
+        Kafka. (Faust's own ``pause_partitions`` is not used: a partition paused while a
+        fetched batch is being handed out loses the rest of that batch for the session.)
+        The gates are the worker's own state, so a rebalance cannot undo them.
+        """
+        for priority in Priority:
+            gate = self._gates[priority]
+            if priority in self._paused:
+                gate.clear()
+            else:
+                gate.set()
+        self.counts["pause_changes"] += 1
+
+    def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        request_topics = {self.config.request_topic(p) for p in PRIORITIES}
+        owned = sum(1 for tp in assigned if tp.topic in request_topics)
+        total = len(PRIORITIES) * self.config.kafka.partitions
+        self.providers.set_share(owned / total if total else 1.0)
+
+    def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        for tp in revoked:
+            self.acks.forget(tp)
 
     async def close(self) -> None:
-        for provider in self._providers.values():
-            await provider.aclose()
+        await self.providers.aclose()
 
     # -- respond ---------------------------------------------------------------------
 
@@ -253,19 +320,33 @@ class Gateway:
             outcome.trail = job.trail
         writes = [self._response_write(request, outcome, queue_ms, now)]
         writes.append(
-            (self.config.topic("usage"), request["tenant"].encode(),
-             registry.encode(registry.USAGE_EVENT, usage_record(request, outcome, now_ms=now)))
+            (
+                self.config.topic("usage"),
+                request["tenant"].encode(),
+                registry.encode(registry.USAGE_EVENT, usage_record(request, outcome, now_ms=now)),
+            )
         )
         if outcome.status in (Status.SHED, Status.FAILED) or outcome.reason == Reason.INVALID:
             failed = outcome.status == Status.FAILED or outcome.reason == Reason.INVALID
-            writes.append(self._dead_letter(
-                job.source, job.raw, outcome.reason, outcome.detail, request, now,
-                failed=failed, queue_ms=queue_ms, load=outcome.load,
-            ))
+            writes.append(
+                self._dead_letter(
+                    job.source,
+                    job.raw,
+                    outcome.reason,
+                    outcome.detail,
+                    request,
+                    now,
+                    failed=failed,
+                    queue_ms=queue_ms,
+                    load=outcome.load,
+                )
+            )
         elif outcome.status == Status.REJECTED:
-            writes.append(self._dead_letter(
-                job.source, job.raw, outcome.reason, outcome.detail, request, now, failed=False
-            ))
+            writes.append(
+                self._dead_letter(
+                    job.source, job.raw, outcome.reason, outcome.detail, request, now, failed=False
+                )
+            )
         self.counts[f"status.{outcome.status}"] += 1
         if outcome.reason:
             self.counts[f"reason.{outcome.reason}"] += 1
@@ -276,20 +357,36 @@ class Gateway:
     ) -> tuple[str, bytes, bytes]:
         topic = request.get("reply_to") or self.config.topic("responses")
         record = response_record(request, outcome, queue_ms=queue_ms, now_ms=now)
-        return topic, str(request["request_id"]).encode(), registry.encode(
-            registry.CHAT_RESPONSE, record
+        return (
+            topic,
+            str(request["request_id"]).encode(),
+            registry.encode(registry.CHAT_RESPONSE, record),
         )
 
     def _dead_letter(
-        self, source: Source, raw: bytes, reason: Reason, detail: str,
-        request: dict[str, Any], now: int, *, failed: bool, queue_ms: int = 0,
+        self,
+        source: Source,
+        raw: bytes,
+        reason: Reason,
+        detail: str,
+        request: dict[str, Any],
+        now: int,
+        *,
+        failed: bool,
+        queue_ms: int = 0,
         load: dict[str, str] | None = None,
     ) -> tuple[str, bytes, bytes]:
         topic = self.config.topic("deadletter.failed" if failed else "deadletter.shed")
         decoded = request if request.get("tenant") else None
         record = dead_letter_record(
-            source, raw, reason=reason, detail=detail, now_ms=now, request=decoded,
-            queue_ms=queue_ms, load=load,
+            source,
+            raw,
+            reason=reason,
+            detail=detail,
+            now_ms=now,
+            request=decoded,
+            queue_ms=queue_ms,
+            load=load,
         )
         key = (request.get("tenant") or "").encode() or None
         return topic, key or b"", registry.encode(registry.DEAD_LETTER, record)
@@ -317,16 +414,16 @@ class Gateway:
     async def _checked_reply_topic(
         self, write: tuple[str, bytes, bytes]
     ) -> tuple[str, bytes, bytes]:
-        """A reply_to that does not exist falls back to the default responses topic."""
+        """A reply_to that does not exist falls back to the default responses topic.
+
+        The broker never auto-creates topics, and a send to a missing topic would block.
+        """
         topic, key, value = write
-        if topic in self._known_topics or not topic.startswith(self.config.kafka.topic_prefix):
+        if topic in self._known_topics:
             return write
-        client = self.app.producer.client  # aiokafka producer: metadata without auto-create
-        try:
-            partitions = await client.partitions_for(topic)
-        except Exception:
-            partitions = None
-        if partitions:
+        metadata = await asyncio.to_thread(self._admin.list_topics, topic, 5)
+        found = metadata.topics.get(topic)
+        if found is not None and found.error is None and found.partitions:
             self._known_topics.add(topic)
             return write
         log.warning("reply topic %s does not exist; answering on the default topic", topic)
@@ -337,44 +434,48 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
-            "queued": self.queue.qsize(),
+            "queued": len(self.scheduler),
             "in_flight": self.in_flight,
             "pending_acks": self.acks.pending(),
+            "paused": sorted(p.label for p in self._paused),
             "counts": dict(self.counts),
+            "scheduler": self.scheduler.stats(),
+            **self.providers.status(),
         }
+
+
+def estimate_tokens(request: dict[str, Any]) -> int:
+    """A quick upper-ish estimate for provider token limits: prompt chars/4 + max_tokens."""
+    chars = sum(len(m.get("content") or "") for m in request["messages"])
+    return chars // 4 + 4 * len(request["messages"]) + (request.get("max_tokens") or 256)
+
+
+def _shed(job: Job, reason: Reason, admission: Admission[Job]) -> Outcome:
+    job.trail.append(f"shed: {admission.message}")
+    load = {
+        "fill": f"{admission.fill:.3f}",
+        "expected_wait_ms": str(admission.expected_wait_ms),
+        **{f"depth.{p}": str(n) for p, n in admission.depth.items()},
+    }
+    if admission.watermark is not None:
+        load["watermark"] = str(admission.watermark)
+    return Outcome(
+        Status.SHED,
+        reason,
+        admission.message,
+        trail=job.trail,
+        load=load,
+        retry_after_ms=max(1000, admission.expected_wait_ms),
+    )
 
 
 def _expired(job: Job, now: int) -> Outcome:
     job.trail.append("deadline passed")
     return Outcome(
-        Status.SHED, Reason.DEADLINE_EXPIRED,
-        f"deadline passed {now - job.deadline_ms} ms ago", trail=job.trail,
-    )
-
-
-def _reason_of(error: ProviderError | None) -> Reason:
-    if error is None:
-        return Reason.UNAVAILABLE
-    if isinstance(error, RateLimitedError):
-        return Reason.PROVIDER_RATE_LIMITED
-    if isinstance(error, ProviderTimeoutError):
-        return Reason.TIMEOUT
-    return Reason.PROVIDER_ERROR
-
-
-def _chat_call(request: dict[str, Any], ref: ModelRef, timeout_s: float) -> ChatCall:
-    return ChatCall(
-        model=ref.model,
-        messages=[
-            {k: v for k, v in m.items() if v is not None} for m in request["messages"]
-        ],
-        temperature=request["temperature"],
-        top_p=request["top_p"],
-        max_tokens=request["max_tokens"],
-        stop=list(request["stop"]) or None,
-        seed=request["seed"],
-        request_id=request["request_id"],
-        timeout_s=max(0.05, timeout_s),
+        Status.SHED,
+        Reason.DEADLINE_EXPIRED,
+        f"deadline passed {now - job.deadline_ms} ms ago",
+        trail=job.trail,
     )
 
 
@@ -386,7 +487,3 @@ def _headers(event: Any) -> dict[str, str]:
         except UnicodeDecodeError:
             continue
     return out
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex

@@ -22,6 +22,17 @@ class ModelRef:
     provider: str
     model: str
 
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """``provider/model``; raises ValueError otherwise."""
+        provider, _, model = text.partition("/")
+        if not provider or not model:
+            raise ValueError(f"{text!r} must be written provider/model")
+        return cls(provider, model)
+
 
 @dataclass(frozen=True)
 class RouteConfig:

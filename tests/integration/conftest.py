@@ -78,8 +78,20 @@ class Simulator:
         return httpx.get(f"{self.url}/admin/counts", timeout=5).json()
 
     def reset(self) -> None:
+        """Counters to zero, no faults, every model back to the default profile."""
         httpx.post(f"{self.url}/admin/reset", timeout=5).raise_for_status()
         httpx.delete(f"{self.url}/admin/faults", timeout=5).raise_for_status()
+        models = httpx.get(f"{self.url}/admin/models", timeout=5).json()["models"]
+        for model in models:
+            if model != "*":
+                self.set_model(model, latency_ms=0, max_concurrency=0, rpm=0)
+
+    def set_model(self, model: str, **profile: Any) -> None:
+        """Change how a model behaves: latency_ms, max_concurrency, rpm."""
+        response = httpx.post(
+            f"{self.url}/admin/models", json={"model": model, **profile}, timeout=5
+        )
+        response.raise_for_status()
 
     def set_faults(self, faults: dict[str, Any]) -> None:
         httpx.post(f"{self.url}/admin/faults", json=faults, timeout=5).raise_for_status()
@@ -95,8 +107,11 @@ def start_simulator(tmp: Path, config_text: str = "") -> Simulator:
     log = open(tmp / f"simulator-{port}.log", "wb")  # noqa: SIM115 - lives with the process
     process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     sim = Simulator(port, process)
-    wait_until(lambda: process.poll() is not None or _get_json(f"{sim.url}/admin/counts"),
-               30, "the simulator to answer")
+    wait_until(
+        lambda: process.poll() is not None or _get_json(f"{sim.url}/admin/counts"),
+        30,
+        "the simulator to answer",
+    )
     assert process.poll() is None, (tmp / f"simulator-{port}.log").read_text()
     return sim
 
@@ -113,11 +128,17 @@ def base_config(prefix: str, sim_url: str, bootstrap: str, data_dir: Path) -> di
     """A small but complete configuration for one test's stack."""
     return {
         "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": prefix, "partitions": PARTITIONS},
-        "worker": {"app_id": f"{prefix}-app", "data_dir": str(data_dir), "web_port": 0,
-                   "commit_interval_s": 0.5},
+        "worker": {
+            "app_id": f"{prefix}-app",
+            "data_dir": str(data_dir),
+            "web_port": 0,
+            "commit_interval_s": 0.5,
+        },
         "providers": {
             "sim": {
-                "kind": "openai", "base_url": f"{sim_url}/v1", "timeout_s": 10,
+                "kind": "openai",
+                "base_url": f"{sim_url}/v1",
+                "timeout_s": 10,
                 "models": {
                     "sim-large": {"input_usd_per_mtok": 2.5, "output_usd_per_mtok": 10.0},
                     "sim-small": {"input_usd_per_mtok": 0.15, "output_usd_per_mtok": 0.6},
@@ -125,8 +146,7 @@ def base_config(prefix: str, sim_url: str, bootstrap: str, data_dir: Path) -> di
             }
         },
         "routes": {"chat": {"primary": "sim/sim-large", "fallbacks": ["sim/sim-small"]}},
-        "tenants": {name: {"max_priority": "critical"} for name in
-                    ("t1", "t2", "t3", "t4", "t5")},
+        "tenants": {name: {"max_priority": "critical"} for name in ("t1", "t2", "t3", "t4", "t5")},
     }
 
 
@@ -154,9 +174,23 @@ class Stack:
         data_dir = self.tmp / f"data-{name}"
         log = open(self.tmp / f"worker-{name}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "--config", str(self.config_path), "worker",
-             "--web-port", str(port), "--data-dir", str(data_dir), "--loglevel", "info"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "--config",
+                str(self.config_path),
+                "worker",
+                "--web-port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--loglevel",
+                "info",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         worker = Worker(name, port, process, self.tmp / f"worker-{name}.log")
@@ -249,8 +283,9 @@ def make_stack(
 ) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
-    def make(customize: Callable[[dict[str, Any]], None] | None = None,
-             sim: Simulator | None = None) -> Stack:
+    def make(
+        customize: Callable[[dict[str, Any]], None] | None = None, sim: Simulator | None = None
+    ) -> Stack:
         prefix = f"t{uuid.uuid4().hex[:10]}"
         config = base_config(prefix, (sim or simulator).url, bootstrap, tmp_path / "data")
         if customize:

@@ -24,9 +24,13 @@ TENANTS = ("t1", "t2", "t3", "t4", "t5")
 
 def _request(i: int) -> dict:
     return build_request(
-        tenant=TENANTS[i % 5], feature=f"f{i % 3}", priority=PRIORITIES[i % 4], model="chat",
+        tenant=TENANTS[i % 5],
+        feature=f"f{i % 3}",
+        priority=PRIORITIES[i % 4],
+        model="chat",
         messages=[{"role": "user", "content": f"question number {i}: what is {i} squared?"}],
-        temperature=0.0, max_tokens=40,
+        temperature=0.0,
+        max_tokens=40,
     )
 
 
@@ -57,8 +61,10 @@ async def test_500_requests_across_priorities_and_tenants_are_all_answered(make_
         response = got[request["request_id"]]
         assert response.model == "sim-large" and response.provider == "sim"
         # The simulator echoes the question: the answer belongs to this request.
-        assert f"number {request['messages'][0]['content'].split()[2]}" in (response.content or "") \
+        assert (
+            f"number {request['messages'][0]['content'].split()[2]}" in (response.content or "")
             or response.content
+        )
         assert response.prompt_tokens > 0 and response.completion_tokens > 0
         assert response.cost_micros > 0
         assert response.record["priority"] == request["priority"]
@@ -69,12 +75,18 @@ async def test_identical_prompts_get_identical_deterministic_answers(make_stack)
     stack = make_stack()
     stack.start_worker()
     async with SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client:
-        kwargs = dict(tenant="t1", model="chat", messages=[{"role": "user", "content": "hi"}],
-                      cache_mode="bypass")
+        kwargs = dict(
+            tenant="t1",
+            model="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            cache_mode="bypass",
+        )
         a = await client.complete(timeout=30, **kwargs)
         b = await client.complete(timeout=30, **kwargs)
-        c = await client.complete(timeout=30, **{**kwargs, "messages": [
-            {"role": "user", "content": "something else entirely"}]})
+        c = await client.complete(
+            timeout=30,
+            **{**kwargs, "messages": [{"role": "user", "content": "something else entirely"}]},
+        )
     assert a.status == b.status == "ok"
     assert a.content == b.content
     assert c.content != a.content
@@ -83,7 +95,7 @@ async def test_identical_prompts_get_identical_deterministic_answers(make_stack)
 async def test_worker_sigkilled_mid_load_loses_no_request(make_stack, simulator):
     stack = make_stack()
     # Slow provider calls, so that many requests are in flight when the worker dies.
-    simulator.set_faults({"latency": {"sim-large": {"fixed_ms": 300}}})
+    simulator.set_model("sim-large", latency_ms=300)
     try:
         worker = stack.start_worker("w1")
         requests = [_request(i) for i in range(300)]
@@ -105,7 +117,9 @@ async def test_worker_sigkilled_mid_load_loses_no_request(make_stack, simulator)
             stack.start_worker("w2")
             ids = {r["request_id"] for r in requests}
             await asyncio.to_thread(
-                wait_until, lambda: ids <= {r.request_id for r in responses}, 120,
+                wait_until,
+                lambda: ids <= {r.request_id for r in responses},
+                120,
                 "every request to be answered after the restart",
             )
             reader.cancel()
@@ -114,8 +128,10 @@ async def test_worker_sigkilled_mid_load_loses_no_request(make_stack, simulator)
     by_id = Counter(r.request_id for r in responses)
     missing = ids - set(by_id)
     duplicates = sum(n - 1 for n in by_id.values())
-    print(f"answered before kill: {answered_before}, missing: {len(missing)}, "
-          f"duplicates: {duplicates}")
+    print(
+        f"answered before kill: {answered_before}, missing: {len(missing)}, "
+        f"duplicates: {duplicates}"
+    )
     assert missing == set()
     assert all(r.status == "ok" for r in responses)
 
@@ -125,19 +141,29 @@ async def test_garbage_and_invalid_records_go_to_dead_letters_and_the_next_reque
 ):
     stack = make_stack()
     stack.start_worker()
-    topic = f"{stack.prefix}.requests.normal"
-    producer = Producer({"bootstrap.servers": stack.bootstrap})
-    garbage_id = uuid.uuid4().hex
-    producer.produce(topic, b"\x00\x01not avro at all", key=b"t1",
-                     headers=[("sg-request-id", garbage_id.encode())])
-    producer.produce(topic, b"", key=b"t1")
-    invalid = build_request(tenant="nobody", model="chat", priority="normal",
-                            messages=[{"role": "wizard", "content": "x"}])
-    producer.produce(topic, registry.encode(registry.CHAT_REQUEST, invalid), key=b"nobody")
-    producer.flush(10)
     async with SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client:
+        topic = f"{stack.prefix}.requests.normal"
+        producer = Producer({"bootstrap.servers": stack.bootstrap, "partitioner": "murmur2_random"})
+        garbage_id = uuid.uuid4().hex
+        producer.produce(
+            topic,
+            b"\x00\x01not avro at all",
+            key=b"t1",
+            headers=[("sg-request-id", garbage_id.encode())],
+        )
+        producer.produce(topic, b"", key=b"t1")
+        invalid = build_request(
+            tenant="nobody",
+            model="chat",
+            priority="normal",
+            messages=[{"role": "wizard", "content": "x"}],
+        )
+        producer.produce(topic, registry.encode(registry.CHAT_REQUEST, invalid), key=b"nobody")
+        producer.flush(10)
         good = await client.complete(
-            tenant="t1", model="chat", messages=[{"role": "user", "content": "still alive?"}],
+            tenant="t1",
+            model="chat",
+            messages=[{"role": "user", "content": "still alive?"}],
             timeout=60,
         )
         rejected_garbage = await client.wait_for(garbage_id, 30)
@@ -158,8 +184,14 @@ async def test_garbage_and_invalid_records_go_to_dead_letters_and_the_next_reque
 
 
 def _read_all(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> list[dict]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     metadata = consumer.list_topics(topic, timeout=10)
     consumer.assign([TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions])
     out: list[dict] = []
@@ -182,25 +214,41 @@ def test_a_producer_that_knows_only_the_schema_files_gets_an_answer(make_stack):
 
     def newest(name: str) -> dict:
         row = max((r for r in table if r["name"] == name), key=lambda r: r["version"])
-        return {"id": row["id"], "schema": fastavro.parse_schema(
-            json.loads(Path(schema_dir / row["file"]).read_text()))}
+        return {
+            "id": row["id"],
+            "schema": fastavro.parse_schema(json.loads(Path(schema_dir / row["file"]).read_text())),
+        }
 
     request_schema = newest("sluicegate.ChatRequest")
-    by_id = {r["id"]: fastavro.parse_schema(json.loads((schema_dir / r["file"]).read_text()))
-             for r in table}
+    by_id = {
+        r["id"]: fastavro.parse_schema(json.loads((schema_dir / r["file"]).read_text()))
+        for r in table
+    }
     request_id = uuid.uuid4().hex
     body = io.BytesIO()
     body.write(struct.pack(">bI", 0, request_schema["id"]))
-    fastavro.schemaless_writer(body, request_schema["schema"], {
-        "request_id": request_id, "tenant": "t2", "priority": "high", "model": "chat",
-        "created_at": int(time.time() * 1000),
-        "messages": [{"role": "user", "content": "hello from another language"}],
-    })
+    fastavro.schemaless_writer(
+        body,
+        request_schema["schema"],
+        {
+            "request_id": request_id,
+            "tenant": "t2",
+            "priority": "high",
+            "model": "chat",
+            "created_at": int(time.time() * 1000),
+            "messages": [{"role": "user", "content": "hello from another language"}],
+        },
+    )
     responses = f"{stack.prefix}.responses"
-    consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([responses])
-    producer = Producer({"bootstrap.servers": stack.bootstrap})
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "partitioner": "murmur2_random"})
     producer.produce(f"{stack.prefix}.requests.high", body.getvalue(), key=b"t2")
     producer.flush(10)
     found = None
