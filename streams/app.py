@@ -19,6 +19,18 @@ from streams.worker import Gateway
 
 log = logging.getLogger("sluicegate.app")
 
+# RocksDB sized for a small machine: Faust's per-partition defaults are a 2 GiB block cache
+# and 3 x 64 MiB write buffers, for every partition of every table.
+ROCKSDB_SMALL = {
+    "write_buffer_size": 4 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 8 * 1024 * 1024,
+    "block_cache_size": 16 * 1024 * 1024,
+    "block_cache_compressed_size": 0,
+    "bloom_filter_size": 10,
+    "max_open_files": 256,
+}
+
 
 def build_app(
     config: SluicegateConfig, *, web_port: int | None = None
@@ -54,6 +66,15 @@ def build_app(
         table_cleanup_interval=30.0,
     )
     gateway = Gateway(config, app)
+    # Per-tenant admission state: rate-limit windows and the budget ledger. Keyed by tenant
+    # and written while handling that tenant's request, so it lives on the tenant's
+    # partition; restored from its changelog after a restart or a rebalance.
+    gateway.tenant_state = app.Table(
+        "tenant-state",
+        default=None,
+        partitions=config.kafka.partitions,
+        options=ROCKSDB_SMALL,
+    )
 
     for priority in PRIORITIES:
         topic = app.topic(
@@ -71,6 +92,14 @@ def build_app(
     @app.task
     async def dispatcher() -> None:
         await gateway.dispatch_forever()
+
+    @app.timer(2.0)
+    async def track_assignment() -> None:
+        gateway.on_partitions_assigned(app.consumer.assignment())
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        gateway.on_partitions_revoked(set(args[0]) if args else set(kwargs.get("revoked", ())))
 
     @app.page("/status")
     class StatusView(View):

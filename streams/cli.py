@@ -182,7 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=5.0, help="demo requests per second")
     p.add_argument("--no-traffic", action="store_true")
     p.set_defaults(func=cmd_dev)
+    _add_plugin_commands(sub)
     return parser
+
+
+# Modules that add their own subcommands: each has ``add_commands(subparsers)`` and keeps
+# its heavy imports inside the command functions, so `sluicegate --help` stays fast.
+COMMAND_MODULES = (
+    "streams.dlq",
+    "streams.costs",
+    "streams.cache_admin",
+    "streams.replay.cli",
+    "connectors.ingress.cli",
+)
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # not written yet
+            raise
+        module.add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.errors import SluicegateError
 from streams.policies import degradation
+from streams.policies.admission import AdmissionConfig, TenantPolicy
+from streams.policies.budget import BudgetConfig, FeatureBudgetConfig, OnExceed
 from streams.policies.deadline import DeadlineConfig
 from streams.policies.degradation import ModelRef
+from streams.policies.rate_limit import RateLimitConfig
 
 PRIORITIES = ("critical", "high", "normal", "low")
 Priority = Literal["critical", "high", "normal", "low"]
@@ -108,6 +111,23 @@ class ResilienceConfig(_Model):
     retry: RetrySettings = Field(default_factory=RetrySettings)
 
 
+class BudgetSettings(_Model):
+    timezone: str = "UTC"  # calendar days and months of budgets and daily rate limits
+    soft_thresholds: list[float] = Field(default_factory=lambda: [0.8])
+    default_max_tokens: int = Field(default=512, ge=1, description="when a request names none")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class ModelConfig(_Model):
     input_usd_per_mtok: float = Field(ge=0)
     output_usd_per_mtok: float = Field(ge=0)
@@ -143,7 +163,7 @@ class RouteConfig(_Model):
 
 class FeatureConfig(_Model):
     daily_budget_usd: float | None = Field(default=None, ge=0)
-    on_exceed: Literal["reject", "downgrade"] = "reject"
+    on_exceed: Literal["reject", "downgrade"] | None = None  # None: the tenant's policy
     downgrade_to: str | None = None
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
@@ -172,6 +192,7 @@ class SluicegateConfig(_Model):
     deadlines: DeadlinesConfig = Field(default_factory=DeadlinesConfig)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     providers: dict[str, ProviderConfig]
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     tenants: dict[str, TenantConfig]
@@ -186,8 +207,14 @@ class SluicegateConfig(_Model):
             for fname, feature in tenant.features.items():
                 if feature.on_exceed == "downgrade" and not feature.downgrade_to:
                     raise ValueError(f"tenants.{tname}.features.{fname}.downgrade_to is required")
+                if feature.downgrade_to:
+                    self._check_ref(
+                        f"tenants.{tname}.features.{fname}.downgrade_to", feature.downgrade_to
+                    )
             if tenant.on_exceed == "downgrade" and not tenant.downgrade_to:
                 raise ValueError(f"tenants.{tname}.downgrade_to is required with downgrade")
+            if tenant.downgrade_to:
+                self._check_ref(f"tenants.{tname}.downgrade_to", tenant.downgrade_to)
         return self
 
     def _check_ref(self, where: str, ref: str) -> None:
@@ -231,12 +258,53 @@ class SluicegateConfig(_Model):
             return degradation.RouteConfig(name, ModelRef(owners[0], name), static_message=None)
         return None
 
+    def admission_config(self) -> AdmissionConfig:
+        """Tenants' rate limits and budgets as the admission policy's config."""
+        tz = self.budgets.timezone
+        tenants = {}
+        for name, t in self.tenants.items():
+            rate = None
+            if t.rpm or t.tpm:
+                rate = RateLimitConfig(rpm=t.rpm, tpm=t.tpm, tz=tz)
+            feature_rates = {
+                f: RateLimitConfig(rpm=fc.rpm, tpm=fc.tpm, tz=tz)
+                for f, fc in t.features.items()
+                if fc.rpm or fc.tpm
+            }
+            budget = None
+            if (
+                t.daily_budget_usd is not None
+                or t.monthly_budget_usd is not None
+                or any(f.daily_budget_usd is not None for f in t.features.values())
+            ):
+                budget = BudgetConfig(
+                    daily_cap_micros=_micros(t.daily_budget_usd),
+                    monthly_cap_micros=_micros(t.monthly_budget_usd),
+                    features={
+                        f: FeatureBudgetConfig(
+                            daily_cap_micros=_micros(fc.daily_budget_usd),
+                            on_exceed=OnExceed(fc.on_exceed) if fc.on_exceed else None,
+                            downgrade_model=fc.downgrade_to,
+                        )
+                        for f, fc in t.features.items()
+                    },
+                    on_exceed=OnExceed(t.on_exceed),
+                    downgrade_model=t.downgrade_to,
+                    soft_thresholds=tuple(self.budgets.soft_thresholds),
+                )
+            tenants[name] = TenantPolicy(rate, feature_rates, budget)
+        return AdmissionConfig(tenants, tz)
+
     def model_names(self) -> list[str]:
         names = set(self.routes)
         for provider, cfg in self.providers.items():
             names.update(f"{provider}/{m}" for m in cfg.models)
             names.update(cfg.models)
         return sorted(names)
+
+
+def _micros(usd: float | None) -> int | None:
+    return None if usd is None else usd_to_micros(usd)
 
 
 def _format_error(exc: ValidationError) -> str:

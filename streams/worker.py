@@ -26,6 +26,8 @@ from schemas import registry
 from schemas.registry import SchemaError
 from streams.ack_order import InOrderAcks
 from streams.config import PRIORITIES, SluicegateConfig
+from streams.policies import admission
+from streams.policies.admission import AdmissionRequest, Admitted, TenantState
 from streams.policies.clock import Clock, SystemClock
 from streams.policies.deadline import effective_deadline_ms
 from streams.policies.degradation import ModelRef, RouteConfig
@@ -38,6 +40,7 @@ from streams.policies.scheduler import (
     Scheduler,
     SchedulerConfig,
 )
+from streams.policies.token_estimate import TokenEstimator, max_cost_estimate, raw_prompt_tokens
 from streams.policies.validation import TenantFacts, ValidationConfig, validate_request
 from streams.policies.verdict import Reason, Status
 from streams.provider_calls import ProviderCaller
@@ -65,7 +68,10 @@ class Job:
     route: RouteConfig | None = None
     trail: list[str] = field(default_factory=list)
     dispatched_ms: int = 0
-    est_tokens: int = 0
+    est_tokens: int = 0  # estimated prompt tokens + max_tokens (limits count these)
+    raw_prompt_tokens: int = 0  # uncalibrated estimate, to calibrate the estimator
+    admitted: Admitted | None = None  # holds a budget reservation until settled
+    downgraded: bool = False  # the budget policy switched it to a cheaper model
 
 
 def scheduler_config(config: SluicegateConfig) -> SchedulerConfig:
@@ -102,6 +108,9 @@ class Gateway:
         self.scheduler: Scheduler[Job] = Scheduler(scheduler_config(config))
         self.deadlines = config.deadlines.as_policy()
         self.providers = ProviderCaller(config, self.clock)
+        self.admission = config.admission_config()
+        self.estimator = TokenEstimator()
+        self.tenant_state: Any = {}  # the Faust table (RocksDB), attached by streams/app.py
         self.in_flight = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -151,7 +160,10 @@ class Gateway:
         job.deadline_ms = effective_deadline_ms(
             int(request["created_at"]), request["deadline_ms"], priority, self.deadlines
         )
-        job.est_tokens = estimate_tokens(request)
+        refused = self._admit(job, now)
+        if refused is not None:
+            await self.finish(job, refused)
+            return
         await self._wait_for_room(Priority.from_name(priority))
         admission = self.scheduler.offer(
             now,
@@ -172,6 +184,83 @@ class Gateway:
             return
         self._update_pauses()
         self._wake.set()
+
+    def _admit(self, job: Job, now: int) -> Outcome | None:
+        """Tenant rate limits and budget reservation; an Outcome when refused."""
+        request, route = job.request, job.route
+        assert route is not None
+        primary = str(route.primary)
+        job.raw_prompt_tokens = raw_prompt_tokens(request["messages"])
+        prompt = self.estimator.calibrated(route.primary.model, job.raw_prompt_tokens)
+        max_tokens = request["max_tokens"] or self.config.budgets.default_max_tokens
+        job.est_tokens = prompt + max_tokens
+
+        def max_cost(model: str) -> int:
+            refs = route.models if model == primary else (ModelRef.parse(model),)
+            return max(max_cost_estimate(self.providers.price(r), prompt, max_tokens) for r in refs)
+
+        tenant = request["tenant"]
+        state = TenantState.from_dict(self.tenant_state.get(tenant))
+        decision, state = admission.admit(
+            state,
+            now,
+            AdmissionRequest(
+                request["request_id"], tenant, request["feature"], primary, job.est_tokens
+            ),
+            self.admission,
+            max_cost,
+        )
+        if isinstance(decision, admission.Refused):
+            job.trail.append(f"admission: {decision.reason.value}: {decision.detail}")
+            return Outcome(
+                Status.REJECTED,
+                decision.reason,
+                decision.detail,
+                retry_after_ms=decision.retry_after_ms,
+                trail=job.trail,
+            )
+        self.tenant_state[tenant] = state.to_dict()
+        job.admitted = decision
+        for alert in decision.alerts:
+            log.warning("budget alert for %s: %s", tenant, alert)
+            self.counts["budget_alerts"] += 1
+        if decision.model != primary:
+            job.trail.append(f"budget: downgraded {primary} -> {decision.model}")
+            job.downgraded = True
+            job.route = RouteConfig(
+                route.name,
+                ModelRef.parse(decision.model),
+                (),
+                use_stale_cache=route.use_stale_cache,
+                static_message=route.static_message,
+            )
+        return None
+
+    def _settle(self, job: Job, outcome: Outcome, now: int) -> None:
+        """Replace the request's reservation by what it cost (or release it)."""
+        if job.admitted is None:
+            return
+        request = job.request
+        delta = 0
+        if outcome.prompt_tokens:
+            delta = outcome.prompt_tokens + outcome.completion_tokens - job.est_tokens
+            self.estimator.observe(
+                outcome.model or "", job.raw_prompt_tokens, outcome.prompt_tokens
+            )
+        state = TenantState.from_dict(self.tenant_state.get(request["tenant"]))
+        state = admission.settle(
+            state,
+            now,
+            request["request_id"],
+            outcome.cost_micros,
+            feature=request["feature"],
+            config=self.admission,
+            tenant=request["tenant"],
+            rate_recorded_at_ms=job.admitted.rate_recorded_at_ms,
+            token_delta=delta,
+        )
+        self.tenant_state[request["tenant"]] = state.to_dict()
+        job.admitted = None
 
     async def _wait_for_room(self, priority: Priority) -> None:
         """Backpressure: a full scheduler stops this priority's intake (Kafka keeps the rest)."""
@@ -315,6 +404,10 @@ class Gateway:
         """Write the terminal response, usage event and dead letter; then release the ack."""
         now = self.clock.now_ms()
         request = job.request
+        self._settle(job, outcome, now)
+        if job.downgraded and outcome.status == Status.OK:
+            outcome.status = Status.DEGRADED
+            outcome.degradation_reason = Reason.BUDGET_EXCEEDED.value
         queue_ms = (job.dispatched_ms or now) - job.received_ms
         if not outcome.trail:
             outcome.trail = job.trail
@@ -442,12 +535,6 @@ class Gateway:
             "scheduler": self.scheduler.stats(),
             **self.providers.status(),
         }
-
-
-def estimate_tokens(request: dict[str, Any]) -> int:
-    """A quick upper-ish estimate for provider token limits: prompt chars/4 + max_tokens."""
-    chars = sum(len(m.get("content") or "") for m in request["messages"])
-    return chars // 4 + 4 * len(request["messages"]) + (request.get("max_tokens") or 256)
 
 
 def _shed(job: Job, reason: Reason, admission: Admission[Job]) -> Outcome:
