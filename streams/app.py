@@ -97,7 +97,7 @@ def build_app(
     async def track_assignment() -> None:
         gateway.on_partitions_assigned(app.consumer.assignment())
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         gateway.on_partitions_revoked(set(args[0]) if args else set(kwargs.get("revoked", ())))
 
@@ -105,6 +105,11 @@ def build_app(
     class StatusView(View):
         async def get(self, request: Request) -> Response:
             return self.json(gateway.status())
+
+    @app.page("/budgets")
+    class BudgetsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(gateway.budgets())
 
     @app.page("/healthz")
     class HealthView(View):

@@ -28,6 +28,7 @@ from streams.ack_order import InOrderAcks
 from streams.config import PRIORITIES, SluicegateConfig
 from streams.policies import admission
 from streams.policies.admission import AdmissionRequest, Admitted, TenantState
+from streams.policies.budget import LedgerConfig, usage_view
 from streams.policies.clock import Clock, SystemClock
 from streams.policies.deadline import effective_deadline_ms
 from streams.policies.degradation import ModelRef, RouteConfig
@@ -523,6 +524,18 @@ class Gateway:
         return self.config.topic("responses"), key, value
 
     # -- visibility ------------------------------------------------------------------
+
+    def budgets(self) -> dict[str, Any]:
+        """Spend against every cap, per tenant this worker holds state for."""
+        now = self.clock.now_ms()
+        out: dict[str, Any] = {}
+        for tenant, policy in self.admission.tenants.items():
+            data = self.tenant_state.get(tenant)
+            if data is None or policy.budget is None:
+                continue
+            ledger_config = LedgerConfig({tenant: policy.budget}, tz=self.admission.tz)
+            out[tenant] = usage_view(TenantState.from_dict(data).ledger, now, tenant, ledger_config)
+        return out
 
     def status(self) -> dict[str, Any]:
         return {
