@@ -35,19 +35,30 @@ class InOrderAcks(Generic[T]):
         self._index: dict[tuple[Hashable, int], _Entry[T]] = {}
 
     def register(self, partition: Hashable, offset: int, token: T) -> None:
-        """A record was taken from ``partition``; offsets must arrive in increasing order."""
+        """A record was taken from ``partition``.
+
+        Offsets arrive in increasing order, except after the consumer seeks back to the
+        committed offset (a rebalance or recovery): then everything still pending on that
+        partition will be delivered again, so its old entries are dropped and never acked.
+        """
         queue = self._pending.setdefault(partition, deque())
         if queue and queue[-1].offset >= offset:
-            raise ValueError(f"offset {offset} registered after {queue[-1].offset} on {partition}")
+            self.forget(partition)
+            queue = self._pending.setdefault(partition, deque())
         entry = _Entry(offset, token)
         queue.append(entry)
         self._index[(partition, offset)] = entry
 
-    def done(self, partition: Hashable, offset: int) -> list[T]:
-        """Mark one record done; return the tokens now safe to ack, in offset order."""
-        entry = self._index.pop((partition, offset), None)
-        if entry is None:
-            return []  # already released, or forgotten by a revoke
+    def done(self, partition: Hashable, offset: int, token: T) -> list[T]:
+        """Mark one record done; return the tokens now safe to ack, in offset order.
+
+        ``token`` must be the one registered: a copy of the record delivered before a
+        seek-back finishing late must not release the copy delivered after it.
+        """
+        entry = self._index.get((partition, offset))
+        if entry is None or entry.token != token:
+            return []  # already released, or forgotten by a revoke or a seek-back
+        del self._index[(partition, offset)]
         entry.done = True
         queue = self._pending[partition]
         released: list[T] = []

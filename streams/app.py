@@ -7,6 +7,7 @@ so tests and several workers in one machine get apps of their own.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,37 @@ def build_app(
     async def dispatcher() -> None:
         await gateway.dispatch_forever()
 
+    gateway.cache.entries = app.Table(
+        "cache", default=None, partitions=config.kafka.partitions, options=ROCKSDB_SMALL
+    )
+    gateway.cache.index = app.Table(
+        "cache-index", default=None, partitions=config.kafka.partitions, options=ROCKSDB_SMALL
+    )
+    commands = app.topic(
+        config.topic("cache.commands"),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=config.kafka.partitions,
+    )
+
+    @app.agent(commands, name="sluicegate.cache.commands")
+    async def cache_commands(stream: Any) -> None:
+        """Cache purges arrive keyed by tenant, so they run on the tenant's partition: the
+        only place its RocksDB-backed cache may be written (notes: not from a view)."""
+        async for value in stream:
+            try:
+                command = json.loads(value)
+                gateway.cache.purge(str(command["tenant"]), int(command["before_ms"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring a bad cache command %r: %s", value[:200], exc)
+
+    @app.page("/cache")
+    class CacheView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(gateway.cache.status())
+
     @app.timer(2.0)
     async def track_assignment() -> None:
         gateway.on_partitions_assigned(app.consumer.assignment())
@@ -115,7 +147,8 @@ def build_app(
     class HealthView(View):
         async def get(self, request: Request) -> Response:
             request_topics = {config.request_topic(p) for p in PRIORITIES}
-            assigned = app.consumer.assignment() if app.consumer else set()
+            settled = not app.rebalancing and not getattr(app, "in_recovery", False)
+            assigned = app.consumer.assignment() if app.consumer and settled else set()
             owned = sorted(
                 f"{tp.topic}:{tp.partition}" for tp in assigned if tp.topic in request_topics
             )

@@ -153,12 +153,28 @@ class ProviderConfig(_Model):
         return value
 
 
+class CacheSettings(_Model):
+    """The exact-match response cache (and the opt-in semantic cache)."""
+
+    enabled: bool = True
+    # deterministic: only temperature-0 requests (or ones that opt in with refresh /
+    # only_if_cached); always; never.
+    cacheable: Literal["deterministic", "always", "never"] = "deterministic"
+    ttl_s: float = Field(default=3600, gt=0)
+    max_ttl_s: float = Field(default=7 * 86400, gt=0)
+    max_entries_per_namespace: int = Field(default=10_000, ge=1)
+    shared_namespace: str | None = None  # explicit opt-in to share answers across tenants
+    semantic: bool = False
+    semantic_threshold: float = Field(default=0.95, gt=0, le=1)
+
+
 class RouteConfig(_Model):
     """A name requests can use as ``model``: a primary model and its fallback chain."""
 
     primary: str = Field(description="provider/model")
     fallbacks: list[str] = Field(default_factory=list)
     static_message: str | None = None
+    cache: CacheSettings | None = None  # overrides [cache] for this route
 
 
 class FeatureConfig(_Model):
@@ -193,6 +209,7 @@ class SluicegateConfig(_Model):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     providers: dict[str, ProviderConfig]
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     tenants: dict[str, TenantConfig]

@@ -44,7 +44,7 @@ KINDS = ("shed", "failed")
 HEADER_REQUEST_ID = "sg-request-id"
 HEADER_REPLY_TO = "sg-reply-to"
 DETAIL_WIDTH = 60
-READ_TIMEOUT_S = 60.0
+READ_TIMEOUT_S = 30.0  # without progress
 _DURATION = re.compile(r"(?:\d+[smhdw])+")
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -121,7 +121,7 @@ def parse_time(text: str, now_ms: int) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return round(moment.timestamp() * 1000)
 
 
 def select(letters: Iterable[Letter], selection: Selection) -> list[Letter]:
@@ -317,10 +317,12 @@ def read_topics(
 ) -> list[RawRecord]:
     """Every record of ``topics`` from ``since_ms`` (or the start) up to today's end offsets.
 
-    A topic that does not exist reads as empty.
+    A topic that does not exist reads as empty. Transient broker errors are retried by the
+    client; ``READ_TIMEOUT_S`` without progress is an error.
     """
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+    topics = list(topics)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -347,21 +349,25 @@ def read_topics(
                     ends[(topic, p)] = high
                     starts.append(TopicPartition(topic, p, start))
         records: list[RawRecord] = []
-        if not starts:
-            return records
-        consumer.assign(starts)
+        if starts:
+            consumer.assign(starts)
+        last_error = None
         deadline = time.monotonic() + READ_TIMEOUT_S
         while ends:
             if time.monotonic() > deadline:
-                raise DeadLetterError(f"timed out reading {', '.join(sorted(set(topics)))}")
+                raise DeadLetterError(f"no progress reading {', '.join(topics)}: {last_error}")
             for msg in consumer.consume(500, timeout=0.5):
                 where = (str(msg.topic()), int(msg.partition() or 0))
                 error = msg.error()
                 if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                    raise DeadLetterError(f"reading {where[0]}: {error}")
+                    if error.fatal():
+                        raise DeadLetterError(f"reading {where[0]}: {error}")
+                    last_error = error
+                    continue
                 end = ends.get(where)
                 if end is None:
                     continue
+                deadline = time.monotonic() + READ_TIMEOUT_S
                 offset = int(msg.offset() or 0)
                 if error is None and offset < end:
                     records.append(RawRecord(*where, offset, msg.key(), msg.value()))

@@ -37,6 +37,8 @@ def topic_specs(config: SluicegateConfig) -> list[TopicSpec]:
         TopicSpec(config.topic("usage"), k.partitions, audit),
         TopicSpec(config.topic("deadletter.shed"), k.partitions, dead),
         TopicSpec(config.topic("deadletter.failed"), k.partitions, dead),
+        # Cache purges, keyed by tenant so they run where the tenant's cache lives.
+        TopicSpec(config.topic("cache.commands"), k.partitions, {"retention.ms": str(DAY_MS)}),
         # Small compacted ledger of which dead letters were re-driven (never twice).
         TopicSpec(config.topic("deadletter.redriven"), 1, {"cleanup.policy": "compact"}),
     ]

@@ -19,16 +19,18 @@ import contextvars
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from schemas import registry
 from schemas.registry import SchemaError
 from streams.ack_order import InOrderAcks
+from streams.cache import CacheLookup, ResponseCache
 from streams.config import PRIORITIES, SluicegateConfig
 from streams.policies import admission
 from streams.policies.admission import AdmissionRequest, Admitted, TenantState
 from streams.policies.budget import LedgerConfig, usage_view
+from streams.policies.cache_policy import Lookup
 from streams.policies.clock import Clock, SystemClock
 from streams.policies.deadline import effective_deadline_ms
 from streams.policies.degradation import ModelRef, RouteConfig
@@ -73,6 +75,8 @@ class Job:
     raw_prompt_tokens: int = 0  # uncalibrated estimate, to calibrate the estimator
     admitted: Admitted | None = None  # holds a budget reservation until settled
     downgraded: bool = False  # the budget policy switched it to a cheaper model
+    cache: CacheLookup | None = None
+    cache_leader: bool = False  # identical requests wait for this one's answer
 
 
 def scheduler_config(config: SluicegateConfig) -> SchedulerConfig:
@@ -112,6 +116,7 @@ class Gateway:
         self.admission = config.admission_config()
         self.estimator = TokenEstimator()
         self.tenant_state: Any = {}  # the Faust table (RocksDB), attached by streams/app.py
+        self.cache = ResponseCache(config)
         self.in_flight = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -161,6 +166,65 @@ class Gateway:
         job.deadline_ms = effective_deadline_ms(
             int(request["created_at"]), request["deadline_ms"], priority, self.deadlines
         )
+        if await self._answer_from_cache(job, now):
+            return
+        await self._admit_and_queue(job, now)
+
+    async def _answer_from_cache(self, job: Job, now: int) -> bool:
+        """Exact hit, semantic hit, only-if-cached miss, or wait behind an identical
+        in-flight call: True when the request needs nothing more from intake."""
+        request, route = job.request, job.route
+        assert route is not None
+        found = self.cache.lookup(request, route, now)
+        job.cache = found
+        tenant = request["tenant"]
+        if found.result == Lookup.HIT and found.entry is not None:
+            job.trail.append("cache: exact hit")
+            await self.finish(job, self.cache.hit(found.entry, tenant, "exact"))
+            return True
+        semantic = await self.cache.semantic_lookup(found, request, now)
+        if semantic is not None:
+            entry, similarity = semantic
+            job.trail.append(f"cache: semantic hit {similarity:.3f}")
+            await self.finish(job, self.cache.hit(entry, tenant, "semantic", similarity))
+            return True
+        if found.plan.only_if_cached:
+            job.trail.append("cache: miss, only_if_cached")
+            await self.finish(
+                job, Outcome(Status.REJECTED, Reason.CACHE_MISS, "nothing cached for this request")
+            )
+            return True
+        if found.key is None or not found.plan.read:
+            return False
+
+        def on_leader_done(outcome: Outcome | None) -> None:
+            if outcome is not None:
+                job.trail.append("cache: coalesced with an identical in-flight request")
+                answer = replace(
+                    outcome,
+                    status=Status.CACHED,
+                    reason=Reason.NONE,
+                    cost_micros=0,
+                    cost_saved_micros=outcome.cost_micros,
+                    cache_kind="coalesced",
+                    trail=job.trail,
+                    attempts=0,
+                )
+                job.context.run(asyncio.create_task, self.finish(job, answer))
+            else:  # the leader failed: this request takes its own turn
+                job.context.run(
+                    asyncio.create_task, self._admit_and_queue(job, self.clock.now_ms())
+                )
+
+        if self.cache.join(found.key, on_leader_done):
+            self.counts["coalesced"] += 1
+            return True
+        job.cache_leader = True
+        return False
+
+    async def _admit_and_queue(self, job: Job, now: int) -> None:
+        request, priority = job.request, job.request["priority"]
+        assert job.route is not None
         refused = self._admit(job, now)
         if refused is not None:
             await self.finish(job, refused)
@@ -236,6 +300,20 @@ class Gateway:
                 static_message=route.static_message,
             )
         return None
+
+    def _remember(self, job: Job, outcome: Outcome, now: int) -> None:
+        """Store a cacheable answer; hand it to identical requests waiting behind it."""
+        found = job.cache
+        if found is None:
+            return
+        if self.cache.store(found, job.request, outcome, now):
+            job.context.run(asyncio.create_task, self.cache.remember_semantic(found, job.request))
+        if job.cache_leader and found.key is not None:
+            job.cache_leader = False
+            success = outcome.status in (Status.OK, Status.DEGRADED) and outcome.content
+            self.cache.release(
+                found.key, outcome if success and outcome.status == Status.OK else None
+            )
 
     def _settle(self, job: Job, outcome: Outcome, now: int) -> None:
         """Replace the request's reservation by what it cost (or release it)."""
@@ -358,6 +436,17 @@ class Gateway:
             self._wake.set()
         await self.finish(job, outcome)
 
+    def _stale_lookup(self, job: Job) -> Any:
+        found = job.cache
+        if found is None or found.entry is None or found.result != Lookup.STALE:
+            return None
+        entry, tenant = found.entry, job.request["tenant"]
+
+        async def stale() -> Outcome:
+            return self.cache.hit(entry, tenant, "stale")
+
+        return stale
+
     def _static_message(self, job: Job) -> str | None:
         tenant = self.config.tenants.get(job.request["tenant"])
         feature = tenant.features.get(job.request["feature"]) if tenant else None
@@ -406,6 +495,7 @@ class Gateway:
         now = self.clock.now_ms()
         request = job.request
         self._settle(job, outcome, now)
+        self._remember(job, outcome, now)
         if job.downgraded and outcome.status == Status.OK:
             outcome.status = Status.DEGRADED
             outcome.degradation_reason = Reason.BUDGET_EXCEEDED.value
@@ -502,7 +592,7 @@ class Gateway:
                 log.warning("producing the response failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        for ready in self.acks.done(event.message.tp, source.offset):
+        for ready in self.acks.done(event.message.tp, source.offset, event):
             ready.ack()
 
     async def _checked_reply_topic(
@@ -546,6 +636,7 @@ class Gateway:
             "paused": sorted(p.label for p in self._paused),
             "counts": dict(self.counts),
             "scheduler": self.scheduler.stats(),
+            "cache": self.cache.status(),
             **self.providers.status(),
         }
 

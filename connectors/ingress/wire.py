@@ -1,30 +1,22 @@
-"""OpenAI chat-completions JSON <-> Sluicegate records, and Sluicegate outcomes -> HTTP.
+"""OpenAI chat-completions JSON <-> Sluicegate records.
 
 Pure (standard library only, time passed in): the ingress's aiohttp handlers call these
-and only do I/O. Failures are returned as ``ApiError`` values that render in OpenAI's error
-shape ``{"error": {"message", "type", "param", "code"}}``, so the official SDK raises the
-matching exception class.
+and only do I/O. Problems come back as ``errors.ApiError`` values (OpenAI's error shape).
 
 Request side: ``parse_hints`` reads the ``x-sluicegate-*`` headers (priority, feature,
 cache control, optional timeout); ``chat_request`` maps an OpenAI body to a ChatRequest
-record: text content parts are joined with newlines, ``max_completion_tokens`` wins over
-``max_tokens``, ``stop`` becomes a list, ``response_format``/``tools`` become compact
-JSON strings, ``user`` goes to metadata. Only types are checked here (Avro needs them);
-ranges, roles, sizes and models are the worker's validation, answered as 400.
+record: text content parts are joined with newlines (other part types are refused),
+``max_completion_tokens`` wins over ``max_tokens``, ``stop`` becomes a list,
+``response_format``/``tools`` become compact JSON strings (sorted keys), ``user`` and
+``metadata`` go to the record's metadata, ``n`` other than 1 is refused. Only types are
+checked here (Avro needs them); ranges, roles, sizes and models are the worker's
+validation, answered as 400.
 
-Response side, by the response's status and reason:
-
-    ok / cached / degraded                 200  chat.completion (or an SSE stream of chunks)
-    any / rate_limited                     429  type "requests", retry-after
-    any / budget_exceeded                  429  type "insufficient_quota", x-should-retry: false
-    rejected / cache_miss (only_if_cached) 504  nothing cached; x-should-retry: false
-    rejected / anything else               400  invalid_request_error, the worker's detail
-    shed / *, failed / *                   503  retry-after (the worker's, else 1 s)
-
-504 for an only-if-cached miss has no exact OpenAI analogue: it is "could not be answered
-in the allowed way (from cache) in time", like a gateway timeout, and not the client's
-fault (400) nor a throttle (429). Retry-After is sent in whole seconds (rounded up) and as
-``retry-after-ms``, which the OpenAI SDK prefers. Cost: O(size of the request/response).
+Response side: ``completion`` renders a successful response as a ``chat.completion``;
+``stream_chunks`` renders it as ``chat.completion.chunk`` objects with word-sized content
+deltas (``word_deltas``), for ``sse``; ``error_for_response`` renders the others as in the
+table in errors.py; ``response_headers`` are the ``x-sluicegate-*`` headers of every
+answer. Cost: O(size of the request/response).
 """
 
 from __future__ import annotations
@@ -33,10 +25,11 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from connectors.ingress.auth import PRIORITIES
+from connectors.ingress.errors import NO_RETRY, ApiError, http_status, invalid, retry_after_headers
 
 H_PRIORITY = "x-sluicegate-priority"
 H_FEATURE = "x-sluicegate-feature"
@@ -46,34 +39,12 @@ H_TIMEOUT = "x-sluicegate-timeout-ms"
 
 CACHE_MODES = ("default", "bypass", "refresh", "only_if_cached")
 MAX_TIMEOUT_MS = 3_600_000  # the worker caps deadlines at one hour too
-SUCCESS = frozenset({"ok", "cached", "degraded"})
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 CACHE_HEADER = {"exact": "hit", "coalesced": "hit", "semantic": "semantic", "stale": "stale"}
-DEFAULT_RETRY_AFTER_MS = 1000
 _INT32 = 2**31 - 1
 _INT64 = 2**63 - 1
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _WORD = re.compile(r"\s*\S+|\s+$")
-
-
-@dataclass(frozen=True)
-class ApiError:
-    """An HTTP error in OpenAI's shape; ``headers`` go on the response (retry-after...)."""
-
-    status: int
-    message: str
-    type: str = "invalid_request_error"
-    code: str | None = None
-    param: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def body(self) -> dict[str, Any]:
-        error = {"message": self.message, "type": self.type, "param": self.param}
-        return {"error": {**error, "code": self.code}}
-
-
-def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
-    return ApiError(400, message, code=code, param=param)
 
 
 class _Invalid(Exception):
@@ -305,30 +276,14 @@ def _content(value: Any, where: str) -> str:
 # -- response side --------------------------------------------------------------------
 
 
-def http_status(status: str, reason: str) -> int:
-    """The HTTP status for a terminal response (the table in the module docstring)."""
-    if status in SUCCESS:
-        return 200
-    if reason in ("rate_limited", "budget_exceeded"):
-        return 429
-    if reason == "cache_miss":
-        return 504
-    if status == "rejected":
-        return 400
-    if status in ("shed", "failed"):
-        return 503
-    return 502  # a status this ingress does not know: the worker is newer than we are
-
-
-def retry_after_headers(retry_after_ms: int | None) -> dict[str, str]:
-    ms = max(1, retry_after_ms if retry_after_ms is not None else DEFAULT_RETRY_AFTER_MS)
-    return {"retry-after": str(math.ceil(ms / 1000)), "retry-after-ms": str(ms)}
-
-
 def error_for_response(
     record: Mapping[str, Any], rate_limits: Mapping[str, int] | None = None
 ) -> ApiError:
-    """The error for a non-success response; ``rate_limits`` = {"requests": rpm, "tokens": tpm}."""
+    """The error for a non-success response (errors.py's table).
+
+    ``rate_limits`` are the tenant's configured limits, e.g. ``{"requests": 60}``, sent as
+    ``x-ratelimit-limit-<kind>`` with a rate-limited answer.
+    """
     status, reason = record["status"], record.get("reason") or ""
     code = http_status(status, reason)
     message = record.get("detail") or f"request {status}: {reason or 'no reason given'}"
@@ -340,12 +295,12 @@ def error_for_response(
             headers[f"x-ratelimit-limit-{kind}"] = str(limit)
         return ApiError(code, message, "requests", "rate_limit_exceeded", None, headers)
     if reason == "budget_exceeded":
-        headers |= {"x-should-retry": "false"}
+        headers |= NO_RETRY
         if retry_after is not None:
             headers |= retry_after_headers(retry_after)
         return ApiError(code, message, "insufficient_quota", "insufficient_quota", None, headers)
     if code == 504:
-        headers["x-should-retry"] = "false"
+        headers |= NO_RETRY
         return ApiError(code, message, "cache_miss", "cache_miss", None, headers)
     if code == 400:
         return ApiError(code, message, "invalid_request_error", reason or None, None, headers)
