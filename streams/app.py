@@ -15,7 +15,10 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
+from schemas import registry
+from schemas.registry import SchemaError
 from streams.config import PRIORITIES, SluicegateConfig
+from streams.usage import UsageTotals
 from streams.worker import Gateway
 
 log = logging.getLogger("sluicegate.app")
@@ -119,6 +122,41 @@ def build_app(
                 gateway.cache.purge(str(command["tenant"]), int(command["before_ms"]))
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring a bad cache command %r: %s", value[:200], exc)
+
+    usage_topic = app.topic(
+        config.topic("usage"),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=config.kafka.partitions,
+    )
+    totals = gateway.usage = UsageTotals(app, config, ROCKSDB_SMALL)
+
+    @app.agent(usage_topic, name="sluicegate.usage.totals")
+    async def usage_totals(stream: Any) -> None:
+        async for value in stream:
+            try:
+                totals.add(registry.decode(registry.USAGE_EVENT, value))
+            except SchemaError as exc:
+                log.warning("skipping an undecodable usage event: %s", exc)
+
+    @app.page("/costs")
+    class CostsView(View):
+        async def get(self, request: Request) -> Response:
+            kind = request.query.get("window", "day")
+            if kind not in totals.windows:
+                return self.json(
+                    {"error": f"window must be one of {sorted(totals.windows)}"}, status=400
+                )
+            return self.json(
+                {
+                    "window": kind,
+                    "rows": totals.view(kind),
+                    "duplicates_dropped": totals.duplicates,
+                    "budgets": gateway.budgets(),
+                }
+            )
 
     @app.page("/cache")
     class CacheView(View):

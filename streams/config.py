@@ -123,7 +123,7 @@ class BudgetSettings(_Model):
 
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, a long name
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
 

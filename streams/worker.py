@@ -116,6 +116,7 @@ class Gateway:
         self.admission = config.admission_config()
         self.estimator = TokenEstimator()
         self.tenant_state: Any = {}  # the Faust table (RocksDB), attached by streams/app.py
+        self.usage: Any = None  # streams.usage.UsageTotals, attached by streams/app.py
         self.cache = ResponseCache(config)
         self.in_flight = 0
         self._wake = asyncio.Event()

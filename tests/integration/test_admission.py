@@ -88,3 +88,66 @@ async def test_rate_limits_budgets_and_downgrades_are_enforced(make_stack):
     async with SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client:
         await asyncio.gather(_rate_limited(client), _capped(client, stack), _downgraded(client))
     assert time.monotonic() - started < 120
+
+
+async def test_aggregated_spend_equals_the_responses_and_counts_a_request_once(make_stack):
+    """Usage tables (minute/hour/day windows) and the budget ledger agree with the sum of
+    response costs to the micro-dollar; a usage event delivered twice is counted once."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    stack = make_stack(lambda c: c["tenants"]["t1"].update(daily_budget_usd=100.0))
+    worker = stack.start_worker()
+    async with SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client:
+        asks = [
+            _ask("t1", i) | {"feature": f"f{i % 3}", "temperature": 0.0, "cache_mode": "default"}
+            for i in range(30)
+        ]
+        asks += asks[:10]  # repeats: cache hits, cost 0, savings recorded
+        responses = await asyncio.gather(*(client.complete(timeout=60, **a) for a in asks))
+    assert {r.status for r in responses} == {"ok", "cached"}
+    spent = sum(r.cost_micros for r in responses)
+    saved = sum(r.cost_saved_micros for r in responses)
+    by_feature: Counter[str] = Counter()
+    for ask, response in zip(asks, responses, strict=True):
+        by_feature[ask["feature"]] += response.cost_micros
+
+    def costs(window: str) -> dict:
+        return httpx.get(
+            f"http://127.0.0.1:{worker.port}/costs", params={"window": window}, timeout=5
+        ).json()
+
+    def totals_settled(window: str) -> dict | None:
+        rows = {r["feature"]: r for r in costs(window)["rows"] if r["tenant"] == "t1"}
+        total = rows.get("*")
+        return rows if total and total["requests"] == len(asks) else None
+
+    for window in ("minute", "hour", "day"):
+        rows = wait_until(lambda w=window: totals_settled(w), 30, f"{window} totals")
+        assert rows["*"]["cost_micros"] == spent
+        assert rows["*"]["saved_micros"] == saved
+        assert rows["*"]["cache_hits"] == sum(r.cached for r in responses) >= 5
+        assert {f: rows[f]["cost_micros"] for f in by_feature} == dict(by_feature)
+    day = [w for w in costs("day")["budgets"]["t1"]["windows"] if w["scope"] == "tenant_day"]
+    assert day[0]["spent_micros"] == spent
+
+    # Deliver one usage event a second time, as a crash between produce and commit would.
+    usage_topic = f"{stack.prefix}.usage"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": "dup-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    partitions = consumer.list_topics(usage_topic, timeout=10).topics[usage_topic].partitions
+    consumer.assign([TopicPartition(usage_topic, p, 0) for p in partitions])
+    message = None
+    while message is None or message.error():
+        message = consumer.poll(5)
+    consumer.close()
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "partitioner": "murmur2_random"})
+    producer.produce(usage_topic, message.value(), key=message.key())
+    producer.flush(10)
+    wait_until(lambda: costs("day")["duplicates_dropped"] >= 1, 30, "the duplicate to be seen")
+    rows = totals_settled("day")
+    assert rows is not None and rows["*"]["cost_micros"] == spent
