@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="simulator + worker + demo traffic with a live status line")
     p.add_argument("--sim-port", type=int, default=8900)
+    p.add_argument("--ingress-port", type=int, default=8080)
     p.add_argument("--rate", type=float, default=5.0, help="demo requests per second")
     p.add_argument("--no-traffic", action="store_true")
     p.set_defaults(func=cmd_dev)

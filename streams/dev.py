@@ -75,6 +75,24 @@ def run_dev(config: SluicegateConfig, args: argparse.Namespace) -> int:
             90,
         )
         print(f"worker      {web}/status   (log: .run/worker.log)")
+        ingress = _start(
+            [
+                "--config",
+                args.config or "sluicegate.toml",
+                "ingress",
+                "--port",
+                str(args.ingress_port),
+            ],
+            ".run/ingress.log",
+        )
+        started.append(ingress)
+        ingress_url = f"http://127.0.0.1:{args.ingress_port}"
+        _wait("the ingress", lambda: _get(f"{ingress_url}/healthz"), ingress, 60)
+        print(f"dashboard   {web}/dashboard")
+        print(
+            f"ingress     {ingress_url}/v1/chat/completions   (OpenAI-compatible; demo key "
+            "sk-acme-demo; log: .run/ingress.log)"
+        )
         print(
             "try:        .venv/bin/sluicegate submit --tenant acme --priority high "
             '--model chat "Hello"'
@@ -123,7 +141,10 @@ async def _traffic(client: SluicegateClient, config: SluicegateConfig, rate: flo
             model=model,
             temperature=0.0,
             max_tokens=64,
-            messages=[{"role": "user", "content": rng.choice(PROMPTS)}],
+            # ~200 distinct prompts: the cache serves repeats, the rest go to the provider
+            messages=[
+                {"role": "user", "content": f"{rng.choice(PROMPTS)} (#{rng.randint(1, 40)})"}
+            ],
         )
         await asyncio.sleep(rng.expovariate(rate))
 
