@@ -18,6 +18,7 @@ from faust.web import Request, Response, View
 from schemas import registry
 from schemas.registry import SchemaError
 from streams.config import PRIORITIES, SluicegateConfig
+from streams.dashboard import install_web
 from streams.usage import UsageTotals
 from streams.worker import Gateway
 
@@ -88,6 +89,10 @@ def build_app(
             # Explicit: with bytes types Faust still falls back to the app's json codec.
             key_serializer="raw",
             value_serializer="raw",
+            # The gateway commits these offsets itself, in order, once a request is answered
+            # (streams/worker.py Gateway.commit); Faust's own acks would also commit records
+            # it skipped around a rebalance.
+            acks=False,
             partitions=config.kafka.partitions,
             internal=False,
         )
@@ -163,9 +168,13 @@ def build_app(
         async def get(self, request: Request) -> Response:
             return self.json(gateway.cache.status())
 
-    @app.timer(2.0)
-    async def track_assignment() -> None:
-        gateway.on_partitions_assigned(app.consumer.assignment())
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        gateway.on_partitions_assigned(set(args[0]) if args else set(kwargs.get("assigned", ())))
+
+    @app.timer(w.commit_interval_s)
+    async def commit_offsets() -> None:
+        await gateway.commit()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -192,6 +201,7 @@ def build_app(
             )
             return self.json({"ok": True, "request_partitions": len(owned), "owned": owned})
 
+    install_web(app, gateway)  # /metrics, /dashboard, /dashboard/data
     app.gateway = gateway  # type: ignore[attr-defined]
     return app, gateway
 

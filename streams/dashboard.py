@@ -113,7 +113,9 @@ def dashboard_data(gateway: Any, metrics: GatewayMetrics) -> dict[str, Any]:
             "by_status": by_status,
             "by_priority": by_priority,
         },
-        "reasons": {k.removeprefix("reason."): n for k, n in counts.items() if k.startswith("reason.")},
+        "reasons": {
+            k.removeprefix("reason."): n for k, n in counts.items() if k.startswith("reason.")
+        },
         "outcomes": outcomes,
         "queue": {
             "depth": {p: scheduler.get("depth", {}).get(p, 0) for p in PRIORITIES},

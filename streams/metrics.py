@@ -38,7 +38,6 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger("sluicegate.metrics")
 
-PRIORITY_ORDER = ("critical", "high", "normal", "low")
 # Seconds; from a cache hit (a few ms) to a long provider call with retries.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -203,7 +202,9 @@ def lag_by_topic(
 class ConsumerLag:
     """The request topics' lag, refreshed at most once per ``LAG_MAX_AGE_S``."""
 
-    def __init__(self, app: Any, topics: Sequence[str], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, app: Any, topics: Sequence[str], clock: Callable[[], float] = time.monotonic
+    ):
         self.app = app
         self.topics = tuple(topics)
         self.by_topic: dict[str, int] = dict.fromkeys(self.topics, 0)
@@ -291,17 +292,19 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 def _status_metrics(status: Mapping[str, Any]) -> Iterator[Metric]:
     counts: Mapping[str, int] = status.get("counts", {})
-    yield _gauge("sluicegate_uptime_seconds", "Seconds since the worker started.", status["uptime_s"])
-    yield _counter(
-        "sluicegate_received", "Request records consumed.", counts.get("received", 0)
+    yield _gauge(
+        "sluicegate_uptime_seconds", "Seconds since the worker started.", status["uptime_s"]
     )
+    yield _counter("sluicegate_received", "Request records consumed.", counts.get("received", 0))
     yield _counter(
         "sluicegate_coalesced",
         "Requests answered by an identical in-flight request's call.",
         counts.get("coalesced", 0),
     )
     yield _counter(
-        "sluicegate_budget_alerts", "Budget alert thresholds crossed.", counts.get("budget_alerts", 0)
+        "sluicegate_budget_alerts",
+        "Budget alert thresholds crossed.",
+        counts.get("budget_alerts", 0),
     )
     by_status = CounterMetricFamily(
         "sluicegate_responses", "Terminal responses by status.", labels=["status"]
@@ -418,9 +421,7 @@ def _provider_metrics(status: Mapping[str, Any]) -> Iterator[Metric]:
     yield _counter(
         "sluicegate_provider_calls", "Provider calls (every attempt).", calls.get("calls", 0)
     )
-    yield _counter(
-        "sluicegate_provider_retries", "Provider call retries.", calls.get("retries", 0)
-    )
+    yield _counter("sluicegate_provider_retries", "Provider call retries.", calls.get("retries", 0))
     errors = CounterMetricFamily(
         "sluicegate_provider_errors", "Failed provider calls by kind.", labels=["kind"]
     )

@@ -19,6 +19,7 @@ import contextvars
 import logging
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -131,6 +132,11 @@ class Gateway:
         }
         self._admin = admin_client(config.kafka.bootstrap_servers)
         self.counts: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._assigned: set[Any] = set()  # request-topic partitions this worker owns
+        self._to_commit: dict[Any, int] = {}  # partition -> next offset, ready to commit
+        self._next_offset: dict[Any, int] = {}  # partition -> offset expected next
+        self._seeking: dict[Any, int] = {}  # partition -> offset a gap seek went back to
         self.started_at = time.time()
 
     # -- intake ----------------------------------------------------------------------
@@ -143,6 +149,8 @@ class Gateway:
         """Take one consumed record: answer it now, or queue it for a provider call."""
         message = event.message
         source = Source(message.topic, message.partition, message.offset)
+        if not await self._in_sequence(message):
+            return
         self.acks.register(message.tp, message.offset, event)
         now = self.clock.now_ms()
         raw = bytes(event.value or b"")
@@ -211,11 +219,9 @@ class Gateway:
                     trail=job.trail,
                     attempts=0,
                 )
-                job.context.run(asyncio.create_task, self.finish(job, answer))
+                self._spawn(job, self.finish(job, answer))
             else:  # the leader failed: this request takes its own turn
-                job.context.run(
-                    asyncio.create_task, self._admit_and_queue(job, self.clock.now_ms())
-                )
+                self._spawn(job, self._admit_and_queue(job, self.clock.now_ms()))
 
         if self.cache.join(found.key, on_leader_done):
             self.counts["coalesced"] += 1
@@ -231,6 +237,9 @@ class Gateway:
             await self.finish(job, refused)
             return
         await self._wait_for_room(Priority.from_name(priority))
+        if not self.owns(job.source):  # revoked while waiting: the new owner answers it
+            self.counts["dropped_on_revoke"] += 1
+            return
         admission = self.scheduler.offer(
             now,
             Queued(
@@ -308,13 +317,10 @@ class Gateway:
         if found is None:
             return
         if self.cache.store(found, job.request, outcome, now):
-            job.context.run(asyncio.create_task, self.cache.remember_semantic(found, job.request))
+            self._spawn(job, self.cache.remember_semantic(found, job.request))
         if job.cache_leader and found.key is not None:
             job.cache_leader = False
-            success = outcome.status in (Status.OK, Status.DEGRADED) and outcome.content
-            self.cache.release(
-                found.key, outcome if success and outcome.status == Status.OK else None
-            )
+            self.cache.release(found.key, outcome if outcome.status == Status.OK else None)
 
     def _settle(self, job: Job, outcome: Outcome, now: int) -> None:
         """Replace the request's reservation by what it cost (or release it)."""
@@ -353,7 +359,41 @@ class Gateway:
 
     def _shed_later(self, job: Job, reason: Reason, admission: Admission[Job]) -> None:
         outcome = _shed(job, reason, admission)
-        job.context.run(asyncio.create_task, self.finish(job, outcome))
+        self._spawn(job, self.finish(job, outcome))
+
+    async def _in_sequence(self, message: Any) -> bool:
+        """Guard against records the consumer skipped: request topics are neither
+        compacted nor transactional, so their offsets are contiguous, and a record past
+        the next expected offset means earlier ones were dropped on the way (Faust can
+        skip records fetched around a rebalance or recovery). Go back for them: seek to
+        the first missing offset and ignore what arrives until it comes back."""
+        tp, offset = message.tp, message.offset
+        expected = self._next_offset.get(tp)
+        if expected is None:
+            committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
+            expected = committed if committed is not None else offset
+        if offset > expected:
+            if self._seeking.get(tp) != expected:
+                log.warning(
+                    "records %s..%s of %s were skipped by the consumer; re-reading",
+                    expected,
+                    offset - 1,
+                    tp,
+                )
+                self._seeking[tp] = expected
+                self.counts["gaps_reread"] += 1
+                await self.app.consumer.seek(tp, expected)
+            return False
+        self._seeking.pop(tp, None)
+        self._next_offset[tp] = offset + 1
+        return True
+
+    def _spawn(self, job: Job, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task in the job's context (table writes go to its partition);
+        the task is referenced until it ends, so it cannot be garbage-collected midway."""
+        task = job.context.run(asyncio.create_task, work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _validate(self, request: dict[str, Any]) -> list[Any]:
         tenant = self.config.tenants.get(request["tenant"])
@@ -400,12 +440,12 @@ class Gateway:
                     break
                 job = picked.queued.item
                 if isinstance(picked, Expired):
-                    job.context.run(asyncio.create_task, self.finish(job, _expired(job, now)))
+                    self._spawn(job, self.finish(job, _expired(job, now)))
                     continue
                 assert isinstance(picked, Dispatch)
                 job.dispatched_ms = now
                 self.in_flight += 1
-                job.context.run(asyncio.create_task, self._run(job))
+                self._spawn(job, self._run(job))
             self._update_pauses()
             self._room.set()
 
@@ -476,15 +516,33 @@ class Gateway:
                 gate.set()
         self.counts["pause_changes"] += 1
 
+    def owns(self, source: Source) -> bool:
+        return any(
+            tp.topic == source.topic and tp.partition == source.partition for tp in self._assigned
+        )
+
     def on_partitions_assigned(self, assigned: set[Any]) -> None:
         request_topics = {self.config.request_topic(p) for p in PRIORITIES}
-        owned = sum(1 for tp in assigned if tp.topic in request_topics)
+        self._assigned = {tp for tp in assigned if tp.topic in request_topics}
         total = len(PRIORITIES) * self.config.kafka.partitions
-        self.providers.set_share(owned / total if total else 1.0)
+        self.providers.set_share(len(self._assigned) / total if total else 1.0)
 
     def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        """The new owner re-reads everything uncommitted of these partitions: drop their
+        queued requests (no response from here) and their ack bookkeeping. Requests
+        already calling a provider still answer (a possible duplicate), but leave the
+        tables, which now belong to the new owner, alone."""
+        self._assigned -= set(revoked)
+        gone = {(tp.topic, tp.partition) for tp in revoked}
+        dropped = self.scheduler.drain(
+            lambda q: (q.item.source.topic, q.item.source.partition) in gone
+        )
+        self.counts["dropped_on_revoke"] += len(dropped)
         for tp in revoked:
             self.acks.forget(tp)
+            self._to_commit.pop(tp, None)
+            self._next_offset.pop(tp, None)
+            self._seeking.pop(tp, None)
 
     async def close(self) -> None:
         await self.providers.aclose()
@@ -495,8 +553,9 @@ class Gateway:
         """Write the terminal response, usage event and dead letter; then release the ack."""
         now = self.clock.now_ms()
         request = job.request
-        self._settle(job, outcome, now)
-        self._remember(job, outcome, now)
+        if self.owns(job.source):  # after a revoke, the tables belong to the new owner
+            self._settle(job, outcome, now)
+            self._remember(job, outcome, now)
         if job.downgraded and outcome.status == Status.OK:
             outcome.status = Status.DEGRADED
             outcome.degradation_reason = Reason.BUDGET_EXCEEDED.value
@@ -511,7 +570,8 @@ class Gateway:
                 registry.encode(registry.USAGE_EVENT, usage_record(request, outcome, now_ms=now)),
             )
         )
-        if outcome.status in (Status.SHED, Status.FAILED) or outcome.reason == Reason.INVALID:
+        if outcome.status in (Status.SHED, Status.FAILED, Status.REJECTED):
+            # Work not done: shed / rate limited / over budget -> shed; failed, invalid -> failed.
             failed = outcome.status == Status.FAILED or outcome.reason == Reason.INVALID
             writes.append(
                 self._dead_letter(
@@ -524,12 +584,6 @@ class Gateway:
                     failed=failed,
                     queue_ms=queue_ms,
                     load=outcome.load,
-                )
-            )
-        elif outcome.status == Status.REJECTED:
-            writes.append(
-                self._dead_letter(
-                    job.source, job.raw, outcome.reason, outcome.detail, request, now, failed=False
                 )
             )
         self.counts[f"status.{outcome.status}"] += 1
@@ -594,7 +648,21 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         for ready in self.acks.done(event.message.tp, source.offset, event):
-            ready.ack()
+            self._to_commit[ready.message.tp] = ready.message.offset + 1
+
+    async def commit(self) -> None:
+        """Commit the offsets of requests whose terminal response is written, in order.
+
+        The request topics are declared without Faust acks: Faust acks records it skips
+        around a rebalance, which can commit past records never answered; here only
+        answered records move the committed offset.
+        """
+        if not self._to_commit:
+            return
+        offsets = {tp: o for tp, o in self._to_commit.items() if tp in self._assigned}
+        self._to_commit.clear()
+        if offsets:
+            await self.app.consumer._commit_offsets(offsets)
 
     async def _checked_reply_topic(
         self, write: tuple[str, bytes, bytes]

@@ -9,7 +9,7 @@ letters and the redrive ledger. This package reads them back for a time range an
 - ``whatif``   drives the recorded requests through the live admission, cache and pricing
                policies under another configuration, without calling a provider (whatif.py);
 - ``run``      re-publishes them into an isolated namespace and diffs the new answers
-               against the recorded ones (run.py);
+               against the recorded ones (rerun.py: pure; run.py: processes and I/O);
 - ``trace``    shows the whole life of one request (trace.py).
 
 Kafka I/O lives in reader.py (seek by timestamp with ``offsets_for_times``, read in batches

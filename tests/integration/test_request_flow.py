@@ -114,14 +114,18 @@ async def test_worker_sigkilled_mid_load_loses_no_request(make_stack, simulator)
             worker.kill()
             answered_before = len({r.request_id for r in responses})
             assert answered_before < 300, "the kill came too late to test anything"
-            stack.start_worker("w2")
+            restarted = stack.start_worker("w2")
             ids = {r["request_id"] for r in requests}
-            await asyncio.to_thread(
-                wait_until,
-                lambda: ids <= {r.request_id for r in responses},
-                120,
-                "every request to be answered after the restart",
-            )
+            try:
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: ids <= {r.request_id for r in responses},
+                    120,
+                    "every request to be answered after the restart",
+                )
+            except AssertionError as exc:
+                missing = len(ids - {r.request_id for r in responses})
+                raise AssertionError(f"{exc}; {missing} missing; w2: {restarted.status()}") from None
             reader.cancel()
     finally:
         simulator.reset()
@@ -133,7 +137,8 @@ async def test_worker_sigkilled_mid_load_loses_no_request(make_stack, simulator)
         f"duplicates: {duplicates}"
     )
     assert missing == set()
-    assert all(r.status == "ok" for r in responses)
+    # A request answered twice (in flight at the kill) is answered from cache the second time.
+    assert {r.status for r in responses} <= {"ok", "cached"}
 
 
 async def test_garbage_and_invalid_records_go_to_dead_letters_and_the_next_request_is_answered(
