@@ -31,6 +31,7 @@ run: install ## Kafka + simulator + worker + demo traffic, live status; Ctrl-C s
 	@scripts/run.sh
 
 test: install ## unit + integration tests against a real broker (started for the run)
+	@scripts/install-chromium.sh
 	@scripts/test.sh
 
 test-unit: install ## unit tests only (no broker)

@@ -28,6 +28,7 @@ from schemas.registry import SchemaError
 from streams.ack_order import InOrderAcks
 from streams.cache import CacheLookup, ResponseCache
 from streams.config import PRIORITIES, SluicegateConfig
+from streams.metrics import observe_response
 from streams.policies import admission
 from streams.policies.admission import AdmissionRequest, Admitted, TenantState
 from streams.policies.budget import LedgerConfig, usage_view
@@ -421,6 +422,7 @@ class Gateway:
         if request_id:
             writes.append(self._response_write(stub, outcome, 0, now))
         self.counts[f"status.{outcome.status}"] += 1
+        observe_response(self, {"priority": source.topic.rsplit(".", 1)[-1]}, outcome, 0, now)
         await self._write_and_ack(writes, source, event)
 
     # -- dispatch --------------------------------------------------------------------
@@ -589,6 +591,7 @@ class Gateway:
         self.counts[f"status.{outcome.status}"] += 1
         if outcome.reason:
             self.counts[f"reason.{outcome.reason}"] += 1
+        observe_response(self, request, outcome, queue_ms, now)
         await self._write_and_ack(writes, job.source, job.event)
 
     def _response_write(
