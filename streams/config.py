@@ -38,7 +38,7 @@ def usd_to_micros(usd: float) -> int:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class KafkaConfig(_Model):
@@ -129,9 +129,9 @@ class BudgetSettings(_Model):
 
 
 class ModelConfig(_Model):
-    input_usd_per_mtok: float = Field(ge=0)
-    output_usd_per_mtok: float = Field(ge=0)
-    cached_input_usd_per_mtok: float | None = Field(default=None, ge=0)
+    input_usd_per_mtok: float = Field(ge=0, le=1e9)
+    output_usd_per_mtok: float = Field(ge=0, le=1e9)
+    cached_input_usd_per_mtok: float | None = Field(default=None, ge=0, le=1e9)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     max_in_flight: int | None = Field(default=None, ge=1)
@@ -178,7 +178,7 @@ class RouteConfig(_Model):
 
 
 class FeatureConfig(_Model):
-    daily_budget_usd: float | None = Field(default=None, ge=0)
+    daily_budget_usd: float | None = Field(default=None, ge=0, le=1e12)
     on_exceed: Literal["reject", "downgrade"] | None = None  # None: the tenant's policy
     downgrade_to: str | None = None
     rpm: int | None = Field(default=None, ge=1)
@@ -191,8 +191,8 @@ class TenantConfig(_Model):
     allowed_models: list[str] = Field(default_factory=lambda: ["*"])
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
-    daily_budget_usd: float | None = Field(default=None, ge=0)
-    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    daily_budget_usd: float | None = Field(default=None, ge=0, le=1e12)
+    monthly_budget_usd: float | None = Field(default=None, ge=0, le=1e12)
     on_exceed: Literal["reject", "downgrade"] = "reject"
     downgrade_to: str | None = None
     api_key_sha256: list[str] = Field(default_factory=list)

@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -373,6 +373,8 @@ class Gateway:
         if expected is None:
             committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
             expected = committed if committed is not None else offset
+        if offset < expected:  # handed out again after a seek back: already taken
+            return False
         if offset > expected:
             if self._seeking.get(tp) != expected:
                 log.warning(
@@ -525,6 +527,9 @@ class Gateway:
 
     def on_partitions_assigned(self, assigned: set[Any]) -> None:
         request_topics = {self.config.request_topic(p) for p in PRIORITIES}
+        consumer = self.app.consumer
+        if not isinstance(consumer._read_offset, _UnfilteredReadOffsets):
+            consumer._read_offset = _UnfilteredReadOffsets(request_topics, consumer._read_offset)
         self._assigned = {tp for tp in assigned if tp.topic in request_topics}
         total = len(PRIORITIES) * self.config.kafka.partitions
         self.providers.set_share(len(self._assigned) / total if total else 1.0)
@@ -750,3 +755,20 @@ def _headers(event: Any) -> dict[str, str]:
         except UnicodeDecodeError:
             continue
     return out
+
+
+class _UnfilteredReadOffsets(defaultdict):  # type: ignore[type-arg]
+    """Faust's per-partition "last offset handed out"; its fetch loop drops every record
+    at or below it. A seek made from inside the intake callback cannot lower it (the loop
+    sets it after the callback returns), so records re-read after a gap would be dropped
+    for good. The request topics are sequenced by the gateway itself (``_in_sequence``):
+    report no read offset for them, so everything fetched reaches the gateway."""
+
+    def __init__(self, topics: set[str], existing: Any) -> None:
+        super().__init__(lambda: None, existing)
+        self.topics = topics
+
+    def __getitem__(self, tp: Any) -> Any:
+        if tp.topic in self.topics:
+            return None
+        return super().__getitem__(tp)

@@ -125,11 +125,16 @@ def chat_request(
     if not isinstance(body, dict):
         return invalid("the request body must be a JSON object", None, "invalid_json")
     try:
-        return _chat_request(
+        call = _chat_request(
             body, tenant, hints, request_id, reply_to, now_ms, deadline_ms, metadata
         )
     except _Invalid as exc:
         return exc.error
+    try:  # valid JSON may still hold lone surrogates, which no UTF-8 record can carry
+        json.dumps(call.record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return invalid("text must be valid Unicode (no lone \\ud800-\\udfff surrogates)", None)
+    return call
 
 
 def _chat_request(

@@ -191,7 +191,7 @@ class Stack:
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap},
         )
         worker = Worker(name, port, process, self.tmp / f"worker-{name}.log")
         self.workers.append(worker)
