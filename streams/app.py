@@ -81,21 +81,24 @@ def build_app(
         options=ROCKSDB_SMALL,
     )
 
-    for priority in PRIORITIES:
-        topic = app.topic(
-            config.request_topic(priority),
+    def raw_topic(name: str, **options: Any) -> Any:
+        """A topic of Avro-framed bytes. The serializers are explicit: with bytes types
+        Faust still falls back to the app's json codec."""
+        return app.topic(
+            name,
             key_type=bytes,
             value_type=bytes,
-            # Explicit: with bytes types Faust still falls back to the app's json codec.
             key_serializer="raw",
             value_serializer="raw",
-            # The gateway commits these offsets itself, in order, once a request is answered
-            # (streams/worker.py Gateway.commit); Faust's own acks would also commit records
-            # it skipped around a rebalance.
-            acks=False,
             partitions=config.kafka.partitions,
-            internal=False,
+            **options,
         )
+
+    for priority in PRIORITIES:
+        # The gateway commits these offsets itself, in order, once a request is answered
+        # (streams/worker.py Gateway.commit); Faust's own acks would also commit records it
+        # skipped around a rebalance.
+        topic = raw_topic(config.request_topic(priority), acks=False)
         _add_intake_agent(app, gateway, topic, priority)
 
     @app.task
@@ -108,14 +111,7 @@ def build_app(
     gateway.cache.index = app.Table(
         "cache-index", default=None, partitions=config.kafka.partitions, options=ROCKSDB_SMALL
     )
-    commands = app.topic(
-        config.topic("cache.commands"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=config.kafka.partitions,
-    )
+    commands = raw_topic(config.topic("cache.commands"))
 
     @app.agent(commands, name="sluicegate.cache.commands")
     async def cache_commands(stream: Any) -> None:
@@ -128,14 +124,7 @@ def build_app(
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring a bad cache command %r: %s", value[:200], exc)
 
-    usage_topic = app.topic(
-        config.topic("usage"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=config.kafka.partitions,
-    )
+    usage_topic = raw_topic(config.topic("usage"))
     totals = gateway.usage = UsageTotals(app, config, ROCKSDB_SMALL)
 
     @app.agent(usage_topic, name="sluicegate.usage.totals")
