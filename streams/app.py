@@ -198,7 +198,7 @@ def build_app(
 def _add_intake_agent(app: faust.App, gateway: Gateway, topic: Any, priority: str) -> None:
     async def intake(stream: Any) -> None:
         async for event in stream.noack().events():
-            await gateway.wait_for_gate(priority)
             await gateway.intake(event)
+            await gateway.wait_for_gate(priority)
 
     app.agent(topic, name=f"sluicegate.intake.{priority}", concurrency=1)(intake)

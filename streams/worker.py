@@ -138,7 +138,6 @@ class Gateway:
         self._to_commit: dict[Any, int] = {}  # partition -> next offset, ready to commit
         self._next_offset: dict[Any, int] = {}  # partition -> offset expected next
         self._seeking: dict[Any, int] = {}  # partition -> offset a gap seek went back to
-        self._urgent_topics = {config.request_topic("critical"), config.request_topic("high")}
         self.started_at = time.time()
 
     # -- intake ----------------------------------------------------------------------
@@ -500,32 +499,9 @@ class Gateway:
 
     def _update_pauses(self) -> None:
         paused = self.scheduler.paused_priorities(self.clock.now_ms())
-        if self._urgent_backlog() > 0:
-            # Critical or high work waits in Kafka (not yet in the scheduler, e.g. right
-            # after a rebalance): normal and low stay behind it.
-            paused |= {Priority.NORMAL, Priority.LOW}
         if paused != self._paused:
             self._paused = paused
             self.apply_pauses()
-
-    def _urgent_backlog(self) -> int:
-        """Critical and high records on this worker's partitions not yet taken in."""
-        consumer = getattr(self.app, "consumer", None)
-        if consumer is None:
-            return 0
-        committed = getattr(consumer, "_committed_offset", {})
-        backlog = 0
-        for tp in self._assigned:
-            if tp.topic not in self._urgent_topics:
-                continue
-            try:
-                end = consumer.highwater(tp)
-            except Exception:  # not fetched yet: unknown, not urgent
-                continue
-            taken = self._next_offset.get(tp, committed.get(tp))
-            if end is not None and taken is not None:
-                backlog += max(0, int(end) - int(taken))
-        return backlog
 
     def apply_pauses(self) -> None:
         """Open or close each priority's intake gate.
