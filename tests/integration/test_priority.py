@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 
 from connectors.client import ChatResponse, SluicegateClient, build_request
@@ -423,10 +424,15 @@ async def test_overload_sheds_lowest_priority_first_and_never_critical(
 # -- a paused priority must not hold up the others ------------------------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a paused priority's full Faust buffer blocks delivery to every agent "
+    "(criticals wait ~14 s here; see the issue 3 report)",
+)
 async def test_critical_intake_is_not_held_up_by_a_paused_low_backlog(
     make_stack: Callable[..., Stack], simulator: Simulator
 ) -> None:
-    """Two high requests go to sim-small, allowed one call at a time and answering in 20 s:
+    """Two high requests go to sim-small, allowed one call at a time and answering in 12 s:
     one waits in the queue, so normal and low intake stay paused (urgent work waits). 300
     low requests then arrive: far more than the low intake buffer holds. Then 5 critical
     requests arrive for the fast model, which has free slots. Asserted: every critical
@@ -440,7 +446,7 @@ async def test_critical_intake_is_not_held_up_by_a_paused_low_backlog(
 
     stack = make_stack(customize)
     _slow_simulator(simulator)
-    simulator.set_model("sim-small", latency_ms=20_000)
+    simulator.set_model("sim-small", latency_ms=12_000)
     try:
         worker = stack.start_worker()
         stuck = [_request("t1", "high", model="sim/sim-small") for _ in range(2)]
@@ -500,13 +506,19 @@ class StatusSampler:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="bug: after a second worker joins, a request partition can stay unconsumed "
+    "(requests never answered while both workers idle; see the issue 3 report)",
+)
 async def test_paused_priorities_stay_behind_high_work_across_a_rebalance(
     make_stack: Callable[..., Stack], simulator: Simulator
 ) -> None:
-    """100 high requests (20 s of work: 1 s calls, 5 at a time) wait for worker w1, most of
-    them in Kafka behind its 20-slot queue; then 10 normal and 10 low requests arrive and
-    w1 pauses their intake. A second worker joins (rebalance) while the high backlog
-    drains. Asserted:
+    """High requests keep arriving a little faster than the provider serves them (6/s
+    against 1 s calls, 5 at a time), most waiting in Kafka behind w1's 20-slot queue; 10
+    normal and 10 low requests arrive and w1 pauses their intake. A second worker joins
+    (rebalance); the high stream stops 3 s after it is ready and the backlog drains.
+    Asserted:
     - per tenant (a tenant's requests live on one partition, owned by one worker at a
       time): none of its normal or low requests completes before its last high request
       has completed, whichever worker served it;
@@ -520,15 +532,24 @@ async def test_paused_priorities_stay_behind_high_work_across_a_rebalance(
     simulator.set_model("sim-large", latency_ms=1000, max_concurrency=SLOTS)
     try:
         w1 = stack.start_worker("w1")
-        urgent = _batch("high", 20)
+        urgent = _batch("high", 6)
         later = _batch("normal", 2) + _batch("low", 2)
-        ids = _ids(urgent + later)
+        stop_highs = asyncio.Event()
         async with (
             SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
             Responses(client) as seen,
             StatusSampler([w1]) as sampler,
         ):
+
+            async def keep_high_work_waiting() -> None:
+                while not stop_highs.is_set():
+                    more = _batch("high", 1)
+                    urgent.extend(more)
+                    await _publish(client, more)
+                    await asyncio.sleep(len(more) / 6)
+
             await _publish(client, urgent)
+            feeder = asyncio.create_task(keep_high_work_waiting())
             await _until(lambda: (w1.status() or {}).get("queued", 0) >= 15, 20, "highs")
             await _publish(client, later)
             await _until(
@@ -540,13 +561,20 @@ async def test_paused_priorities_stay_behind_high_work_across_a_rebalance(
             sampler.workers.append(w2)
             await asyncio.to_thread(w2.wait_ready, 1, 90)
             rebalanced = time.monotonic()
+            rebalanced_ms = time.time() * 1000
             high_left = len(urgent) - seen.answered(_ids(urgent))
+            await asyncio.sleep(3)
+            stop_highs.set()
+            await feeder
+            ids = _ids(urgent + later)
             got = await seen.wait_all(ids, timeout=60, workers=[w1, w2])
             copies = Counter(r.request_id for r in seen.all)
     finally:
         simulator.reset()
-    print(f"highs unanswered when w2 was ready: {high_left}; ")
-    print(f"duplicates: {sum(copies.values()) - len(ids)}")
+    print(
+        f"highs: {len(urgent)}, unanswered when w2 was ready: {high_left}; "
+        f"duplicates: {sum(copies.values()) - len(ids)}"
+    )
     assert high_left >= 10, f"the rebalance came too late: {high_left} highs left"
     urgent_waiting = [
         (t, name, s["paused"], s["scheduler"]["depth"])
@@ -567,7 +595,15 @@ async def test_paused_priorities_stay_behind_high_work_across_a_rebalance(
             for r in later
             if r["tenant"] == tenant and completed.get(r["request_id"], last_high) < last_high
         ]
-        assert not early, f"{tenant}: completed ahead of its high backlog (ms ahead): {early}"
+        when = [
+            round(completed[r["request_id"]] - rebalanced_ms)
+            for r in later
+            if r["tenant"] == tenant and r["request_id"] in completed
+        ]
+        assert not early, (
+            f"{tenant}: completed ahead of its high backlog (ms ahead): {early}; "
+            f"its normal/low completed at {when} ms after the second worker was ready"
+        )
 
 
 # -- memory stays bounded while the backlog is in Kafka -----------------------------------------
@@ -577,7 +613,7 @@ async def test_worker_memory_stays_bounded_while_a_big_backlog_waits_in_kafka(
     make_stack: Callable[..., Stack], simulator: Simulator
 ) -> None:
     """5,000 low requests (4 KB each, 20 MB in all) are published to a worker with a
-    200-slot queue and a provider that serves ~25 requests/s. Sampled for ~15 s: the
+    200-slot queue and a provider that serves ~25 requests/s. Sampled for ~8 s: the
     worker's ``queued`` never exceeds the capacity, its RSS grows by less than 40 MB from
     before the flood, and the consumer lag (end offsets - committed) grows past 4,000."""
     capacity = 200
@@ -601,7 +637,7 @@ async def test_worker_memory_stays_bounded_while_a_big_backlog_waits_in_kafka(
                 producer.poll(0)
         producer.flush(30)
         queued, rss, lag = [], [], []
-        sample_until = time.monotonic() + 15
+        sample_until = time.monotonic() + 8
         while time.monotonic() < sample_until:
             status = worker.status() or {}
             queued.append(int(status.get("queued", 0)))
