@@ -37,6 +37,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PARTITIONS = 8
 TENANTS = tuple(f"bench-{i:02d}" for i in range(32))  # spread over the partitions
 MODEL = "chat"  # the route requests name
+# Log lines of a worker that will not work: a table's changelog topic missing from the
+# consumer's metadata at start makes the first table write from a stream raise
+# PartitionsMismatch; the agent crashes, its buffer fills and the worker stops consuming.
+TROUBLE_SIGNS = ("not found in cluster metadata", "Crashed reason=")
 PRIMARY_MODEL = "sim-large"  # what the route calls first (and the direct path calls)
 
 
@@ -53,6 +57,24 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def wait_quiet(
+    pids: list[int], quiet_pct: float = 10.0, window_s: float = 0.3, max_s: float = 10.0
+) -> float:
+    """Until the processes use less than ``quiet_pct`` of a core each: their follow-up work
+    for requests already answered (usage aggregation, commits) is done. Returns the
+    monotonic time the quiet began (the start of the first quiet window).
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < max_s:
+        window_start = time.monotonic()
+        before = [cpu_seconds(p) for p in pids]
+        time.sleep(window_s)
+        used = max(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
+        if 100 * used / window_s < quiet_pct:
+            return window_start
+    return time.monotonic()
 
 
 def own_cpu_seconds() -> float:
@@ -102,6 +124,11 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: f
     raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without overrides that would point a worker elsewhere."""
+    return {k: v for k, v in os.environ.items() if k not in ("SLUICEGATE_TOPIC_PREFIX",)}
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -114,19 +141,30 @@ class Processes:
         self.log_dir = log_dir
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Any:
+    def log_path(self, name: str) -> Path:
+        """A log file of its own for each start (a restarted worker gets ``name.2.log``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
+        path, n = self.log_dir / f"{name}.log", 1
+        while path.exists():
+            n += 1
+            path = self.log_dir / f"{name}.{n}.log"
+        return path
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Any:
+        """Start ``args`` with output to ``log_path(name)`` (read it back as ``.log_path``)."""
+        path = self.log_path(name)
+        log = open(path, "ab")  # noqa: SIM115 - lives with the child
         process = subprocess.Popen(
             args,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only the main thread spawns
+            env={**_clean_env(), "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=_die_with_parent,  # only the main thread spawns
         )
         log.close()
+        process.log_path = path  # type: ignore[attr-defined]
         self.started.append(process)
         return process
 
@@ -144,7 +182,7 @@ class Processes:
         for process in alive:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 5  # results are in: no need for a graceful exit
         for process in alive:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
@@ -192,6 +230,7 @@ class Worker:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    log_path: Path
 
     @property
     def pid(self) -> int:
@@ -210,6 +249,24 @@ class Worker:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
+
+    def trouble(self) -> str:
+        """The first log line showing the worker is broken (empty when none)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        for line in text.splitlines():
+            if any(sign in line for sign in TROUBLE_SIGNS):
+                return line.strip()[:300]
+        return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
 def bench_config(prefix: str, sim_url: str, bootstrap: str, data_dir: Path) -> dict[str, Any]:
@@ -292,7 +349,9 @@ class Stack:
             "--data-dir",
             str(self.directory / f"data-{name}"),
         ]
-        worker = Worker(name, port, self.processes.spawn(f"{self.prefix}-{name}", args))
+        log_name = f"{self.prefix}-{name}"
+        process = self.processes.spawn(log_name, args)
+        worker = Worker(name, port, process, process.log_path)
         self.workers.append(worker)
         return worker
 
@@ -313,9 +372,17 @@ class Stack:
 
         wait_until(balanced, timeout, f"the workers of stack {self.name} to own all partitions")
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 3.0) -> None:
         for worker in self.workers:
-            self.processes.stop(worker.process)
+            self.processes.stop(worker.process, grace_s)
+
+    def restart_worker(self, worker: Worker) -> Worker:
+        """Replace one worker by a fresh process under the same name and data directory."""
+        self.processes.stop(worker.process, grace_s=3)
+        self.workers.remove(worker)
+        fresh = self.start_worker(worker.name)
+        self.wait_balanced()
+        return fresh
 
     def delete_topics(self) -> None:
         admin = admin_client(self.bootstrap)

@@ -56,7 +56,12 @@ def percentiles(hist: HdrHistogram) -> dict[str, float]:
         f"p{label}": hist.get_value_at_percentile(p) / 1000
         for label, p in (("50", 50), ("90", 90), ("99", 99), ("99.9", 99.9))
     }
-    return {"count": n, "mean": hist.get_mean_value() / 1000, **ms, "max": hist.get_max_value() / 1000}
+    return {
+        "count": n,
+        "mean": hist.get_mean_value() / 1000,
+        **ms,
+        "max": hist.get_max_value() / 1000,
+    }
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ class RequestShape:
     temperature: float
     cache_mode: str
     same_prompt: bool
+    max_tokens: int | None = None  # None: the model's own length (a capped answer is not cached)
 
     def content(self, seq: int) -> str:
         if self.same_prompt:
@@ -218,14 +224,28 @@ class Phase:
         c = self.ledger.copies
         return sum(c[s] - 1 for s in self.seqs() if c[s] > 1)
 
-    def wait_answered(self, timeout: float, every: float = 0.05) -> bool:
-        """Until every request the broker accepted has an answer (False on timeout)."""
+    def wait_answered(self, timeout: float, stall_s: float = 20.0, every: float = 0.05) -> bool:
+        """Until every request the broker accepted has an answer.
+
+        False after ``timeout``, or as soon as no answer has arrived for ``stall_s``.
+        """
         self.wait()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.unanswered() == 0 and 0 not in self.ledger.delivery[self.lo : self.hi]:
+        answered, delivery = self.ledger.answered_ns, self.ledger.delivery
+        first, last_left = self.lo, -1
+        now = time.monotonic()
+        deadline, progress_at = now + timeout, now
+        while now < deadline:
+            while first < self.hi and (answered[first] or delivery[first] == 2):
+                first += 1
+            left = sum(1 for s in range(first, self.hi) if not answered[s] and delivery[s] != 2)
+            if left == 0 and 0 not in delivery[self.lo : self.hi]:
                 return True
+            if left != last_left:
+                last_left, progress_at = left, now
+            elif now - progress_at > stall_s:
+                return False
             time.sleep(every)
+            now = time.monotonic()
         return False
 
     def _selected(
@@ -395,7 +415,7 @@ def request_record(
         "model": MODEL,
         "messages": [{"role": "user", "content": shape.content(seq), "name": None}],
         "temperature": shape.temperature,
-        "max_tokens": 16,
+        "max_tokens": shape.max_tokens,
         "metadata": {},
         "cache_mode": shape.cache_mode,
     }
@@ -469,8 +489,13 @@ class KafkaTarget(Target):
         ledger, decode, clock = self.ledger, registry.decode, time.monotonic_ns
         while not self._closing.is_set():
             self.producer.poll(0)
-            messages = self.consumer.consume(num_messages=1000, timeout=0.02)
+            # poll() returns on the first message; consume(timeout=0) then takes what else
+            # is there. (consume with a timeout waits for a full batch: it adds latency.)
+            first = self.consumer.poll(0.05)
+            if first is None:
+                continue
             now = clock()
+            messages = [first, *self.consumer.consume(num_messages=500, timeout=0)]
             for msg in messages:
                 if msg.error() is not None:
                     continue
@@ -478,7 +503,7 @@ class KafkaTarget(Target):
                 if seq is None or seq >= len(ledger.intended):
                     continue
                 try:
-                    record = decode(registry.CHAT_RESPONSE, msg.value())
+                    record = decode(registry.CHAT_RESPONSE, msg.value() or b"")
                 except registry.SchemaError:
                     ledger.answer(seq, now, "other")
                     continue
@@ -520,14 +545,14 @@ class HttpTarget(Target):
         self.loop.run_forever()
 
     def send(self, seq: int, when_ns: int, priority: str, shape: RequestShape) -> None:
-        body = json.dumps(
-            {
-                "model": PRIMARY_MODEL,
-                "messages": [{"role": "user", "content": shape.content(seq)}],
-                "temperature": shape.temperature,
-                "max_tokens": 16,
-            }
-        ).encode()
+        call: dict[str, Any] = {
+            "model": PRIMARY_MODEL,
+            "messages": [{"role": "user", "content": shape.content(seq)}],
+            "temperature": shape.temperature,
+        }
+        if shape.max_tokens is not None:
+            call["max_tokens"] = shape.max_tokens
+        body = json.dumps(call).encode()
         self.ledger.delivery[seq] = 1
         self.loop.call_soon_threadsafe(self._start, seq, body)
 

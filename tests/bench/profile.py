@@ -2,9 +2,11 @@
 
 ``py-spy record --format raw`` writes one line per distinct stack ("frame;frame;... count",
 each frame ``function (file:line)``, idle threads excluded). The summary attributes every
-sample three ways: by the package of the innermost frame (self time), by activity (a stack
-counts for every activity one of its frames belongs to: inclusive), and the functions with
-the most self time. py-spy is optional: ``available()`` says whether it is installed.
+sample three ways: by component (the innermost frame from a known package; standard
+library frames are charged to their caller; what runs only under the event loop's own
+frames is the loop's), by the package of the innermost frame (self time), and the
+functions with the most self time. Linear in the size of the profile. py-spy is optional:
+``available()`` says whether it is installed.
 """
 
 from __future__ import annotations
@@ -19,17 +21,42 @@ from pathlib import Path
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
-# Activities, in the words of the request path; a stack belongs to each whose marker it holds.
-ACTIVITIES = (
-    ("Kafka fetch + Faust stream delivery", ("aiokafka/consumer", "faust/transport/consumer", "faust/streams", "faust/channels", "faust/topics")),
-    ("Kafka produce (responses, usage)", ("aiokafka/producer", "faust/transport/producer", "faust/transport/drivers/aiokafka.py:send")),
-    ("provider HTTP call (httpx over aiohttp)", ("httpx/", "httpx_aiohttp/", "aiohttp/", "httpcore/")),
-    ("Avro encode/decode", ("fastavro/", "schemas/registry.py")),
-    ("gateway logic (streams/, policies)", ("streams/",)),
-    ("provider connector code (connectors/)", ("connectors/",)),
-    ("Faust offset commit / acks", ("commit (faust/", "commit (aiokafka/")),
-    ("asyncio scheduling", ("asyncio/",)),
+# Components: a sample belongs to the innermost frame from a package named here; frames of
+# the standard library (asyncio, json, logging ...) are charged to the code that called them.
+# Only a stack with no such frame at all is "event loop and standard library".
+COMPONENTS = (
+    ("aiokafka/producer", "Kafka produce (aiokafka producer)"),
+    ("aiokafka/consumer", "Kafka fetch (aiokafka consumer)"),
+    ("aiokafka/", "Kafka client (aiokafka protocol, connections)"),
+    ("kafka/", "Kafka client (aiokafka protocol, connections)"),
+    ("faust/", "Faust (streams, agents, producer, tables)"),
+    ("mode/", "Faust runtime (mode: services, timers)"),
+    ("fastavro/", "Avro encode/decode (fastavro, schemas/)"),
+    ("schemas/", "Avro encode/decode (fastavro, schemas/)"),
+    ("httpx/", "provider HTTP client (httpx over aiohttp)"),
+    ("httpcore/", "provider HTTP client (httpx over aiohttp)"),
+    ("httpx_aiohttp/", "provider HTTP client (httpx over aiohttp)"),
+    ("aiohttp/", "provider HTTP client (httpx over aiohttp)"),
+    ("yarl/", "provider HTTP client (httpx over aiohttp)"),
+    ("multidict/", "provider HTTP client (httpx over aiohttp)"),
+    ("connectors/", "provider connector (connectors/)"),
+    ("streams/policies/", "policies (streams/policies/)"),
+    ("streams/", "gateway (streams/: intake, scheduler glue, responses)"),
+    ("rocksdict/", "RocksDB tables"),
+    ("prometheus_client/", "metrics (prometheus_client)"),
+    ("pydantic/", "pydantic"),
 )
+EVENT_LOOP = "event loop, socket I/O, standard library"
+# Cross-cutting costs: the share of samples with a frame containing the marker (inclusive).
+CROSS_CUTTING = (
+    ("logging calls (records built even when no handler prints them)", "logging/__init__.py"),
+    ("aiokafka fetch loop (Fetcher)", "(aiokafka/consumer/fetcher.py"),
+    ("thread hand-offs (call_soon_threadsafe)", "call_soon_threadsafe"),
+    ("RocksDB table reads/writes", "faust/stores/rocksdb.py"),
+    ("JSON encode/decode", "(json/"),
+)
+# Walking up from the innermost frame, these end the search: above them is only the loop.
+LOOP_FRAMES = ("asyncio/base_events.py", "asyncio/events.py", "selectors.py")
 
 
 def available() -> str | None:
@@ -61,15 +88,17 @@ def package_of(file: str) -> str:
 class ProfileSummary:
     samples: int
     by_package: list[tuple[str, float]]  # (package, % of samples) by innermost frame
-    by_activity: list[tuple[str, float]]  # (activity, % of samples) inclusive
+    by_component: list[tuple[str, float]]  # (component, % of samples), exclusive
     top_functions: list[tuple[str, float]]  # (function (file), % self)
+    cross_cutting: list[tuple[str, float]] = field(default_factory=list)  # inclusive %
     notes: list[str] = field(default_factory=list)
 
 
 def summarize(raw: str, top: int = 15) -> ProfileSummary:
     packages: Counter[str] = Counter()
-    activities: Counter[str] = Counter()
+    components: Counter[str] = Counter()
     functions: Counter[str] = Counter()
+    crossing: Counter[str] = Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -85,13 +114,33 @@ def summarize(raw: str, top: int = 15) -> ProfileSummary:
         leaf_func = leaf.group("func") if leaf else frames[-1]
         packages[package_of(leaf_file)] += count
         functions[f"{leaf_func} ({leaf_file})"] += count
-        for name, markers in ACTIVITIES:
-            if any(marker in frame for frame in frames for marker in markers):
-                activities[name] += count
+        components[component_of(frames)] += count
+        for name, marker in CROSS_CUTTING:
+            if marker in stack:
+                crossing[name] += count
     if not total:
-        return ProfileSummary(0, [], [], [], ["py-spy recorded no samples"])
+        return ProfileSummary(0, [], [], [], notes=["py-spy recorded no samples"])
 
     def share(counter: Counter[str], n: int | None = None) -> list[tuple[str, float]]:
         return [(k, round(100 * v / total, 1)) for k, v in counter.most_common(n)]
 
-    return ProfileSummary(total, share(packages, 12), share(activities), share(functions, top))
+    return ProfileSummary(
+        total,
+        share(packages, 12),
+        share(components),
+        share(functions, top),
+        share(crossing),
+    )
+
+
+def component_of(frames: list[str]) -> str:
+    """The component of the innermost frame that belongs to a known package."""
+    for frame in reversed(frames):
+        match = FRAME.match(frame)
+        file = match.group("file") if match else frame
+        if file.startswith(LOOP_FRAMES):
+            return EVENT_LOOP
+        for marker, name in COMPONENTS:
+            if file.startswith(marker) or f"/{marker}" in file:
+                return name
+    return EVENT_LOOP

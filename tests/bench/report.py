@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,10 @@ PERCENTILES = ("p50", "p90", "p99", "p99.9")
 
 def fmt(value: Any, unit: str = "") -> str:
     if value is None:
-        return "–"
+        return "n/a"
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
-            return "–" if math.isnan(value) else "∞"
+            return "n/a" if math.isnan(value) else "∞"
         text = f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     else:
         text = str(value)
@@ -37,41 +38,60 @@ def fmt(value: Any, unit: str = "") -> str:
 def _range(fig: dict[str, Any]) -> str:
     if fig.get("low") is None or fig.get("high") is None:
         return ""
-    return f"{fmt(fig['low'])}–{fmt(fig['high'])}"
+    return f"{fmt(fig['low'])}-{fmt(fig['high'])}"
 
 
-def summary_rows(run: dict[str, Any]) -> list[list[str]]:
+def error_line(trace: str) -> str:
+    """The exception line of a traceback (not the worker log tail appended to it)."""
+    lines = trace.split("\n--- worker", 1)[0].strip().splitlines()
+    exception = re.compile(r"^[\w.]+(Error|Exception|Timeout|Mismatch|Failure)\w*:")
+    found = [x for x in lines if exception.match(x)]
+    return (found[-1] if found else lines[-1] if lines else "")[:120]
+
+
+def summary_rows(run: dict[str, Any], name: str = "title") -> list[list[str]]:
     rows = []
     for sc in run["scenarios"]:
         res = sc.get("result") or {}
         if sc.get("error"):
-            rows.append([sc["title"], "failed", sc["error"].splitlines()[-1][:80], "", "", ""])
+            error = error_line(sc["error"])
+            rows.append([sc[name], "failed", error, "", "", "", ""])
             continue
+        if sc.get("failures"):
+            first = error_line(sc["failures"][0])
+            rows.append([sc[name], "failed once, retried", first, "", "", "", ""])
         if res.get("skipped"):
-            rows.append([sc["title"], "skipped", res["skipped"], "", "", ""])
+            rows.append([sc[name], "skipped", res["skipped"], "", "", "", ""])
             continue
         for fig in res.get("figures", []):
             rows.append(
                 [
-                    sc["title"],
+                    sc[name],
                     fig["label"],
                     fmt(fig["value"], fig["unit"]),
                     _range(fig),
                     fmt(fig.get("worker_cpu_us")),
                     fmt(fig.get("generator_cpu_pct")),
+                    fig.get("detail", ""),
                 ]
             )
     return rows
 
 
-SUMMARY_COLUMNS = ["scenario", "figure", "value", "min–max", "worker CPU µs/req", "generator CPU %"]
+SUMMARY_COLUMNS = [
+    "scenario",
+    "figure",
+    "value",
+    "min-max",
+    "worker CPU µs/req",
+    "generator CPU %",
+    "note",
+]
 
 
 def all_checks(run: dict[str, Any]) -> list[Check]:
     return [
-        Check(**c)
-        for sc in run["scenarios"]
-        for c in (sc.get("result") or {}).get("checks", [])
+        Check(**c) for sc in run["scenarios"] for c in (sc.get("result") or {}).get("checks", [])
     ]
 
 
@@ -81,8 +101,8 @@ def print_summary(run: dict[str, Any], console: Console | None = None) -> None:
     for col in SUMMARY_COLUMNS:
         table.add_column(col, overflow="fold")
     last = None
-    for row in summary_rows(run):
-        table.add_row(*([row[0] if row[0] != last else ""] + row[1:]))
+    for row in summary_rows(run, "key"):
+        table.add_row(row[0] if row[0] != last else "", *row[1:])
         last = row[0]
     console.print(table)
     targets = RichTable(title="Targets")
@@ -142,7 +162,8 @@ def write_charts(run: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str
         )
         for ax, (_title, tl) in zip(axes[:, 0], timelines, strict=True):
             for label, ys in tl["series"].items():
-                ax.plot(tl["t"][: len(ys)], ys, label=label, linewidth=1.2)
+                # Each value stands for the interval that starts at its time stamp.
+                ax.step(tl["t"][: len(ys)], ys, where="post", label=label, linewidth=1.2)
             for x, text in tl.get("markers", []):
                 ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
                 ax.annotate(text, (x, 0), xytext=(3, 3), textcoords="offset points", fontsize=7)
@@ -193,20 +214,33 @@ def limits_section(run: dict[str, Any]) -> list[str]:
     rps = _figure(sat, "throughput at saturation")
     if util and cpu and rps:
         ceiling = 1e6 / cpu["value"] if cpu["value"] else float("nan")
-        out.append(
-            f"- While draining a backlog the worker used **{fmt(util['value'])}% of one core** "
-            f"and {fmt(cpu['value'])} µs of CPU per request: a worker is one Python process "
-            f"(one event loop), so its ceiling is about 1 s / {fmt(cpu['value'])} µs = "
-            f"{fmt(ceiling)} req/s; it reached {fmt(rps['value'])} req/s. The rest of the "
-            "machine (broker, simulator, load generator, other work) shares the other core."
-        )
+        m = run["machine"]
+        if util["value"] >= 85:
+            out.append(
+                f"- While draining a backlog the worker used **{fmt(util['value'])}% of one "
+                f"core** at {fmt(cpu['value'])} µs of CPU per request: it is CPU-bound. A "
+                "worker is one Python process with one event loop, so one core gives at most "
+                f"1 s / {fmt(cpu['value'])} µs = {fmt(ceiling)} req/s; it sustained "
+                f"{fmt(rps['value'])} req/s with all work done."
+            )
+        else:
+            out.append(
+                f"- While draining a backlog the worker used only **{fmt(util['value'])}% of "
+                f"one core**: the machine was busy (load average {m['load_average'][0]} at "
+                f"the start, {(run.get('load_average_end') or ['?'])[0]} at the end, on "
+                f"{m['nproc']} cores), so part of the time it waited for a CPU. CPU time per "
+                f"request does not depend on that: at {fmt(cpu['value'])} µs, one core gives "
+                f"at most 1 s / {fmt(cpu['value'])} µs = {fmt(ceiling)} req/s (it sustained "
+                f"{fmt(rps['value'])} req/s here)."
+            )
     prof = sat.get("data", {}).get("profile")
     if prof and prof.get("samples"):
-        acts = ", ".join(f"{name} {pct}%" for name, pct in prof["by_activity"][:6])
+        acts = ", ".join(f"{name} {pct}%" for name, pct in prof["by_component"][:6])
         pkgs = ", ".join(f"{name} {pct}%" for name, pct in prof["by_package"][:6])
+        cross = ", ".join(f"{name} {pct}%" for name, pct in prof.get("cross_cutting", []))
         out.append(
-            f"- py-spy on the saturated worker ({prof['samples']} samples), inclusive by "
-            f"activity: {acts}. Self time by package: {pkgs}. "
+            f"- py-spy on the saturated worker ({prof['samples']} samples), by component: "
+            f"{acts}. Self time by package: {pkgs}. Cross-cutting: {cross}. "
             "The tables under (a) list the hottest functions."
         )
     lat = _scenario(run, "added-latency")
@@ -220,6 +254,16 @@ def limits_section(run: dict[str, Any]) -> list[str]:
                         f"written) is {row[2]} ms; delivering the response (producer, broker, "
                         f"the generator's fetch) is the remaining {row[3]} ms."
                     )
+    prof50 = lat.get("data", {}).get("profile_50pct")
+    if prof50 and prof50.get("samples"):
+        acts = ", ".join(f"{name} {pct}%" for name, pct in prof50["by_component"][:5])
+        cross = ", ".join(f"{name} {pct}%" for name, pct in prof50.get("cross_cutting", []))
+        out.append(
+            f"- py-spy on the worker at 50% load ({prof50['samples']} samples): {acts}. "
+            f"Cross-cutting: {cross}. With few requests per Kafka round trip, the fixed cost "
+            "of each fetch, produce and commit is shared by few requests, so CPU per request "
+            "is higher than at saturation and the event loop is busy with Kafka client work."
+        )
     kill = _scenario(run, "worker-kill")
     for table in kill.get("tables", []):
         if table["title"] == "Worker kill" and table["rows"]:
@@ -246,16 +290,37 @@ def write_markdown(run: dict[str, Any], path: Path, charts: dict[str, str], stem
         "## Machine",
         "",
         md_table(
-            ["nproc", "memory", "CPU", "kernel", "Python", "Kafka", "librdkafka", "faust",
-             "commit", "load avg start / end"],
-            [[m["nproc"], m["memory"], m["cpu_model"], m["kernel"], m["python"], m["kafka"],
-              m["librdkafka"], m["faust"], m["git_commit"],
-              f"{m['load_average']} / {run.get('load_average_end')}"]],
+            [
+                "nproc",
+                "memory",
+                "CPU",
+                "kernel",
+                "Python",
+                "Kafka",
+                "librdkafka",
+                "faust",
+                "commit",
+                "load avg start / end",
+            ],
+            [
+                [
+                    m["nproc"],
+                    m["memory"],
+                    m["cpu_model"],
+                    m["kernel"],
+                    m["python"],
+                    m["kafka"],
+                    m["librdkafka"],
+                    m["faust"],
+                    m["git_commit"],
+                    f"{m['load_average']} / {run.get('load_average_end')}",
+                ]
+            ],
         ),
         "",
         "The machine is shared with other work and has few cores, so absolute numbers are "
         "noisy; comparisons are ratios within one run (interleaved rounds, median with "
-        "min–max), and CPU time per request is reported next to throughput.",
+        "min-max), and CPU time per request is reported next to throughput.",
         "",
         "## Targets",
         "",
@@ -264,13 +329,22 @@ def write_markdown(run: dict[str, Any], path: Path, charts: dict[str, str], stem
     lines.append(
         md_table(
             ["target", "measured", "limit", "verdict"],
-            [[c.name, fmt(c.value, c.unit), f"<= {fmt(c.limit, c.unit)}", c.verdict()]
-             for c in checks],
+            [
+                [c.name, fmt(c.value, c.unit), f"<= {fmt(c.limit, c.unit)}", c.verdict()]
+                for c in checks
+            ],
         )
     )
     lines += ["", "## What limits throughput and latency", ""]
     lines += limits_section(run) or ["(no saturation data in this run)"]
     lines += ["", "## Summary", "", md_table(SUMMARY_COLUMNS, summary_rows(run)), ""]
+    if run.get("incidents"):
+        lines += ["## Incidents during the run", ""]
+        for incident in run["incidents"]:
+            first, _, rest = incident.partition("\n")
+            lines += [f"- {first}", ""]
+            if rest:
+                lines += ["```", rest.strip()[-1500:], "```", ""]
     if charts:
         lines += ["## Charts", ""]
         for kind, name in charts.items():
@@ -287,7 +361,9 @@ def write_markdown(run: dict[str, Any], path: Path, charts: dict[str, str], stem
         "- Cache-miss path: temperature 1.0 and `cache_mode=bypass`; the simulator answers "
         "with zero latency, so the figures are the gateway's own cost.",
         "- Worker and simulator CPU come from /proc/<pid>/stat before and after each phase; "
-        "the load generator's own CPU (all its threads) is reported as % of one core.",
+        "a phase ends when the worker is quiet again (its follow-up work for the answered "
+        "requests, such as usage aggregation, is counted). The load generator's own CPU "
+        "(all its threads) is reported as % of one core.",
         "- Workers are real processes: `python -m streams.cli --config <generated toml> "
         "worker --web-port P --data-dir D`, 8 partitions per topic.",
         "",
@@ -300,6 +376,15 @@ def write_markdown(run: dict[str, Any], path: Path, charts: dict[str, str], stem
             lines += ["Failed:", "", "```", sc["error"].strip()[-2000:], "```", ""]
             continue
         res = sc["result"]
+        if sc.get("failures"):
+            lines += [
+                "Failed once and passed on a retry with fresh workers; the first failure:",
+                "",
+                "```",
+                sc["failures"][0].strip()[-1500:],
+                "```",
+                "",
+            ]
         if res.get("skipped"):
             lines += [f"Skipped: {res['skipped']}.", ""]
         for note in res.get("notes", []):
@@ -310,7 +395,7 @@ def write_markdown(run: dict[str, Any], path: Path, charts: dict[str, str], stem
     lines += [
         "## Running it",
         "",
-        "`make bench` (full, about 10–15 minutes) or `make bench-quick` (under 3 minutes). "
+        "`make bench` (full, about 10-15 minutes) or `make bench-quick` (under 3 minutes). "
         "Either starts a broker on port 29092 (unless `KAFKA_BOOTSTRAP_SERVERS` is set), the "
         "simulator and the workers, and stops them afterwards. "
         "`scripts/bench.sh quick --only saturation,added-latency` runs some scenarios. A new "

@@ -31,7 +31,7 @@ async def _connector(ctx: Context) -> Result:
 
     base = ctx.simulator.url
     sim_pid = ctx.simulator.pid
-    seconds = ctx.pick(quick=1.5, full=4.0)
+    seconds = ctx.pick(quick=0.7, full=4.0)
     provider = OpenAICompatProvider(
         "sim", f"{base}/v1", "sk-bench", timeout_s=30, max_connections=IN_FLIGHT
     )
@@ -48,12 +48,14 @@ async def _connector(ctx: Context) -> Result:
         response.raise_for_status()
         response.json()
 
-    variants = {"OpenAICompatProvider (httpx over aiohttp)": via_provider,
-                "plain httpx.AsyncClient": via_plain_httpx}
+    variants = {
+        "OpenAICompatProvider (httpx over aiohttp)": via_provider,
+        "plain httpx.AsyncClient": via_plain_httpx,
+    }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     try:
         for call in variants.values():  # warm up connection pools
-            await drive(call, 0.5, IN_FLIGHT)
+            await drive(call, ctx.pick(quick=0.3, full=1.0), IN_FLIGHT)
         for r in range(ctx.mode.rounds):
             for name, call in variants.items():
                 with ctx.step(f"connector: {name}, round {r + 1}", seconds=seconds):
@@ -91,11 +93,25 @@ async def _connector(ctx: Context) -> Result:
     result.figure("client CPU per request ratio, provider / plain httpx", cpu_ratio, "x")
     result.table(
         f"Connector rounds ({IN_FLIGHT} in flight, closed loop, {seconds:g} s each, interleaved)",
-        ["round", "client", "req/s", "client CPU µs/req", "client CPU % of a core",
-         "simulator CPU µs/req", "errors"],
         [
-            [i + 1, name, x["rps"], x["client_cpu_us"], x["client_cpu_pct"],
-             x["simulator_cpu_us"], x["errors"]]
+            "round",
+            "client",
+            "req/s",
+            "client CPU µs/req",
+            "client CPU % of a core",
+            "simulator CPU µs/req",
+            "errors",
+        ],
+        [
+            [
+                i + 1,
+                name,
+                x["rps"],
+                x["client_cpu_us"],
+                x["client_cpu_pct"],
+                x["simulator_cpu_us"],
+                x["errors"],
+            ]
             for i in range(ctx.mode.rounds)
             for name, x in ((a_name, a[i]), (b_name, b[i]))
         ],
