@@ -27,7 +27,7 @@ kafka-up: install ## start a single-node Kafka (KRaft) on 127.0.0.1:$KAFKA_PORT 
 kafka-down: ## stop that broker
 	@scripts/kafka.sh down
 
-run: install ## Kafka + simulator + worker + demo traffic, live status; Ctrl-C stops it all
+run: install ## Kafka + simulator + worker + ingress + demo traffic, live status; Ctrl-C stops it all
 	@scripts/run.sh
 
 test: install ## unit + integration tests against a real broker (started for the run)
