@@ -16,6 +16,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -258,7 +259,7 @@ class Worker:
             return ""
         for line in text.splitlines():
             if any(sign in line for sign in TROUBLE_SIGNS):
-                return line.strip()[:300]
+                return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).strip()[:300]
         return ""
 
     def log_tail(self, lines: int = 30) -> str:

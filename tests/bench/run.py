@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("KAFKA_BOOTSTRAP_SERVERS is not set (scripts/bench.sh starts a broker)")
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    # Ctrl-C must stop the run even when the shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     console = Console() if sys.stdout.isatty() else Console(width=150)
     started = time.monotonic()
     now = dt.datetime.now().astimezone()

@@ -43,7 +43,7 @@ def measure_saturation(
     if shape is CACHE_MISS:
         with ctx.step(f"{what}: the worker's CPU while idle", seconds=2):
             meter = cpu_meter([stack.workers[0].pid])
-            time.sleep(ctx.pick(quick=1.0, full=3.0))
+            time.sleep(ctx.pick(quick=2.0, full=3.0))
             use = meter()
         idle_pct = 100 * use.total([stack.workers[0].pid]) / use.wall_s
     rounds: list[Drain] = []
