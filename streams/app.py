@@ -1,7 +1,8 @@
 """Build the Faust app: topics, agents and web endpoints, wired to a Gateway.
 
-Thin glue. One agent per priority topic (concurrency 1, manual acks) hands each record
-to the gateway; the gateway decides and answers. Built by a factory, never at import,
+Thin glue. The gateway's request reader (streams/intake.py) hands each request record to
+the gateway, which decides and answers; Faust runs the tables, the usage and cache agents,
+the timers and the web views. Built by a factory, never at import,
 so tests and several workers in one machine get apps of their own.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from schemas import registry
 from schemas.registry import SchemaError
 from streams.config import PRIORITIES, SluicegateConfig
 from streams.dashboard import install_web
+from streams.intake import RequestReader
+from streams.policies.scheduler import Priority
 from streams.usage import UsageTotals
 from streams.worker import Gateway
 
@@ -94,12 +98,41 @@ def build_app(
             **options,
         )
 
-    for priority in PRIORITIES:
-        # The gateway commits these offsets itself, in order, once a request is answered
-        # (streams/worker.py Gateway.commit); Faust's own acks would also commit records it
-        # skipped around a rebalance.
-        topic = raw_topic(config.request_topic(priority), acks=False)
-        _add_intake_agent(app, gateway, topic, priority)
+    # Faust subscribes to the request topics, so its group assignment decides which worker
+    # owns which partitions (co-partitioned with the tables), but their records are read
+    # by the gateway's own reader (streams/intake.py). Whatever Faust still fetches of them
+    # (between a rebalance and the next re-pause) is dropped here, never acked.
+    request_topics = {config.request_topic(p): Priority.from_name(p) for p in PRIORITIES}
+    subscribed = app.topic(
+        *request_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=config.kafka.partitions,
+        acks=False,
+    )
+
+    @app.agent(subscribed, name="sluicegate.requests.assignment")
+    async def request_assignment(stream: Any) -> None:
+        async for _ in stream.noack():
+            pass
+
+    reader = gateway.reader = RequestReader(
+        app,
+        config.kafka.bootstrap_servers,
+        request_topics,
+        gateway.intake,
+        gateway.may_take,
+    )
+
+    @app.task
+    async def read_requests() -> None:
+        await reader.start()
+        try:
+            await reader.run()
+        finally:
+            await reader.stop()
 
     @app.task
     async def dispatcher() -> None:
@@ -160,10 +193,12 @@ def build_app(
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         gateway.on_partitions_assigned(set(args[0]) if args else set(kwargs.get("assigned", ())))
+        _keep_faust_off(app.consumer, request_topics)
 
     @app.timer(w.commit_interval_s)
     async def commit_offsets() -> None:
         await gateway.commit()
+        _keep_faust_off(app.consumer, request_topics)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -195,10 +230,10 @@ def build_app(
     return app, gateway
 
 
-def _add_intake_agent(app: faust.App, gateway: Gateway, topic: Any, priority: str) -> None:
-    async def intake(stream: Any) -> None:
-        async for event in stream.noack().events():
-            await gateway.intake(event)
-            await gateway.wait_for_gate(priority)
-
-    app.agent(topic, name=f"sluicegate.intake.{priority}", concurrency=1)(intake)
+def _keep_faust_off(consumer: Any, topics: Iterable[str]) -> None:
+    """Keep Faust's fetcher off the request topics. Its pauses are undone by every
+    rebalance and recovery, so this is re-applied after each assignment and commit tick."""
+    names = set(topics)
+    fetched = {tp for tp in consumer.assignment() if tp.topic in names}
+    if fetched - consumer._paused_partitions:
+        consumer.pause_partitions(fetched)

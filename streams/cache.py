@@ -23,6 +23,7 @@ import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,8 @@ class ResponseCache:
         self._semantic: Any = None  # SemanticIndex, created on first use
         self._embedder: Any = None
         self._embedder_failed = False
+        # Embeddings run one at a time, off the event loop: at most one core for them.
+        self._embed_thread = ThreadPoolExecutor(1, thread_name_prefix="sluicegate-embed")
 
     # -- lookup ----------------------------------------------------------------------
 
@@ -225,6 +228,18 @@ class ResponseCache:
 
     # -- semantic ------------------------------------------------------------------------
 
+    def may_match_semantically(self, found: CacheLookup | None) -> bool:
+        """Worth an embedding: the route has the semantic cache on and the request's scope
+        already holds entries to compare with (the first request of a scope needs none)."""
+        return (
+            found is not None
+            and found.config.semantic
+            and found.scope is not None
+            and found.plan.read
+            and self._semantic is not None
+            and self._semantic.size(found.scope) > 0
+        )
+
     async def semantic_lookup(
         self, found: CacheLookup, request: dict[str, Any], now_ms: int
     ) -> tuple[CacheEntry, float] | None:
@@ -249,6 +264,7 @@ class ResponseCache:
         vector = await self._embed(normalised_prompt_text(request["messages"]))
         if vector is not None and self._semantic is not None:
             self._semantic.add(found.scope, found.key, vector)
+            self.stats[request["tenant"]]["semantic_indexed"] += 1
 
     async def _embed(self, text: str) -> Any:
         if self._embedder_failed:
@@ -263,7 +279,7 @@ class ResponseCache:
                 self._embedder_failed = True
                 return None
             self._semantic = semantic.SemanticIndex()
-        return await semantic.embed_async(self._embedder, text)
+        return await semantic.embed_async(self._embedder, text, self._embed_thread)
 
     def status(self) -> dict[str, Any]:
         out = {}

@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,9 +29,9 @@ from streams.ack_order import InOrderAcks
 from streams.cache import CacheLookup, ResponseCache
 from streams.config import PRIORITIES, SluicegateConfig
 from streams.metrics import observe_response
-from streams.policies import admission
+from streams.policies import admission, budget, provider_cap
 from streams.policies.admission import AdmissionRequest, Admitted, TenantState
-from streams.policies.budget import LedgerConfig, usage_view
+from streams.policies.budget import BudgetLedger, LedgerConfig, usage_view
 from streams.policies.cache_policy import Lookup
 from streams.policies.clock import Clock, SystemClock
 from streams.policies.deadline import effective_deadline_ms
@@ -57,6 +57,8 @@ log = logging.getLogger("sluicegate.worker")
 # Headers the Python client and ingress set, so even an undecodable record can be answered.
 HEADER_REQUEST_ID = "sg-request-id"
 HEADER_REPLY_TO = "sg-reply-to"
+# At most this many requests wait for an embedding (semantic lookup) at a time.
+SEMANTIC_LOOKUPS = 16
 
 
 @dataclass
@@ -124,9 +126,7 @@ class Gateway:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._paused: frozenset[Priority] = frozenset()
-        self._gates = {p: asyncio.Event() for p in Priority}
-        for gate in self._gates.values():
-            gate.set()
+        self.reader: Any = None  # streams.intake.RequestReader, attached by streams/app.py
         self._known_topics: set[str] = {
             config.topic(name)
             for name in ("responses", "usage", "deadletter.shed", "deadletter.failed")
@@ -134,24 +134,34 @@ class Gateway:
         self._admin = admin_client(config.kafka.bootstrap_servers)
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._max_tasks = config.worker.queue_capacity + config.worker.max_in_flight
+        self._semantic_lookups = 0  # requests waiting for an embedding
         self._assigned: set[Any] = set()  # request-topic partitions this worker owns
         self._to_commit: dict[Any, int] = {}  # partition -> next offset, ready to commit
-        self._next_offset: dict[Any, int] = {}  # partition -> offset expected next
-        self._seeking: dict[Any, int] = {}  # partition -> offset a gap seek went back to
         self.started_at = time.time()
 
     # -- intake ----------------------------------------------------------------------
 
-    async def wait_for_gate(self, priority: str) -> None:
-        """Backpressure: returns when this priority's intake may take another record."""
-        await self._gates[Priority.from_name(priority)].wait()
+    def may_take(self, priority: Priority) -> bool:
+        """Backpressure: may intake take another record of this priority now? Not while
+        it is paused, nor while the scheduler is full with nothing lower to evict."""
+        s = self.scheduler
+        if priority in self._paused:
+            return False
+        if len(self._tasks) >= self._max_tasks or self._semantic_lookups >= SEMANTIC_LOOKUPS:
+            return False  # answers being written, embeddings running: let them catch up
+        return len(s) < self.config.worker.queue_capacity or any(
+            s.depth(lower) for lower in Priority if lower > priority
+        )
 
     async def intake(self, event: Any) -> None:
-        """Take one consumed record: answer it now, or queue it for a provider call."""
+        """Take one consumed record: answer it, or queue it for a provider call.
+
+        Intake reads records one at a time, so nothing here waits on the broker or on an
+        embedding: answers are written by tasks of their own (``finish``), and a semantic
+        lookup continues in a task (``_semantic_then_admit``)."""
         message = event.message
         source = Source(message.topic, message.partition, message.offset)
-        if not await self._in_sequence(message):
-            return
         self.acks.register(message.tp, message.offset, event)
         now = self.clock.now_ms()
         raw = bytes(event.value or b"")
@@ -169,42 +179,36 @@ class Gateway:
         errors = self._validate(request)
         if errors:
             detail = "; ".join(str(e) for e in errors)
-            await self.finish(job, Outcome(Status.REJECTED, Reason.INVALID, detail))
+            self._finish_later(job, Outcome(Status.REJECTED, Reason.INVALID, detail))
             return
         job.route = self.config.resolve_route(request["model"])
         assert job.route is not None  # validation checked it
         job.deadline_ms = effective_deadline_ms(
             int(request["created_at"]), request["deadline_ms"], priority, self.deadlines
         )
-        if await self._answer_from_cache(job, now):
+        if self._answer_from_cache(job, now):
             return
-        await self._admit_and_queue(job, now)
+        if self.cache.may_match_semantically(job.cache):
+            self._semantic_lookups += 1
+            self._spawn(job, self._semantic_then_admit(job))
+            return
+        await self._admit_unless_only_cached(job, now)
 
-    async def _answer_from_cache(self, job: Job, now: int) -> bool:
-        """Exact hit, semantic hit, only-if-cached miss, or wait behind an identical
-        in-flight call: True when the request needs nothing more from intake."""
+    def _finish_later(self, job: Job, outcome: Outcome) -> None:
+        self._spawn(job, self.finish(job, outcome))
+
+    def _answer_from_cache(self, job: Job, now: int) -> bool:
+        """Exact hit, or wait behind an identical in-flight call: True when the request
+        needs nothing more. Otherwise, a cacheable request leads: identical requests
+        arriving meanwhile wait for its answer (single-flight)."""
         request, route = job.request, job.route
         assert route is not None
-        found = self.cache.lookup(request, route, now)
-        job.cache = found
-        tenant = request["tenant"]
+        found = job.cache = self.cache.lookup(request, route, now)
         if found.result == Lookup.HIT and found.entry is not None:
             job.trail.append("cache: exact hit")
-            await self.finish(job, self.cache.hit(found.entry, tenant, "exact"))
+            self._finish_later(job, self.cache.hit(found.entry, request["tenant"], "exact"))
             return True
-        semantic = await self.cache.semantic_lookup(found, request, now)
-        if semantic is not None:
-            entry, similarity = semantic
-            job.trail.append(f"cache: semantic hit {similarity:.3f}")
-            await self.finish(job, self.cache.hit(entry, tenant, "semantic", similarity))
-            return True
-        if found.plan.only_if_cached:
-            job.trail.append("cache: miss, only_if_cached")
-            await self.finish(
-                job, Outcome(Status.REJECTED, Reason.CACHE_MISS, "nothing cached for this request")
-            )
-            return True
-        if found.key is None or not found.plan.read:
+        if found.key is None or not found.plan.read or found.plan.only_if_cached:
             return False
 
         def on_leader_done(outcome: Outcome | None) -> None:
@@ -215,12 +219,12 @@ class Gateway:
                     status=Status.CACHED,
                     reason=Reason.NONE,
                     cost_micros=0,
-                    cost_saved_micros=outcome.cost_micros,
+                    cost_saved_micros=outcome.cost_micros or outcome.cost_saved_micros,
                     cache_kind="coalesced",
                     trail=job.trail,
                     attempts=0,
                 )
-                self._spawn(job, self.finish(job, answer))
+                self._finish_later(job, answer)
             else:  # the leader failed: this request takes its own turn
                 self._spawn(job, self._admit_and_queue(job, self.clock.now_ms()))
 
@@ -230,12 +234,37 @@ class Gateway:
         job.cache_leader = True
         return False
 
+    async def _semantic_then_admit(self, job: Job) -> None:
+        """A paraphrase of a cached request is answered from the cache; else admit."""
+        assert job.cache is not None
+        try:
+            semantic = await self.cache.semantic_lookup(job.cache, job.request, job.received_ms)
+        finally:
+            self._semantic_lookups -= 1
+        now = self.clock.now_ms()
+        if semantic is not None:
+            entry, similarity = semantic
+            job.trail.append(f"cache: semantic hit {similarity:.3f}")
+            hit = self.cache.hit(entry, job.request["tenant"], "semantic", similarity)
+            await self.finish(job, hit)
+            return
+        await self._admit_unless_only_cached(job, now)
+
+    async def _admit_unless_only_cached(self, job: Job, now: int) -> None:
+        assert job.cache is not None
+        if job.cache.plan.only_if_cached:
+            job.trail.append("cache: miss, only_if_cached")
+            outcome = Outcome(Status.REJECTED, Reason.CACHE_MISS, "nothing cached for this request")
+            self._finish_later(job, outcome)
+            return
+        await self._admit_and_queue(job, now)
+
     async def _admit_and_queue(self, job: Job, now: int) -> None:
         request, priority = job.request, job.request["priority"]
         assert job.route is not None
         refused = self._admit(job, now)
         if refused is not None:
-            await self.finish(job, refused)
+            self._finish_later(job, refused)
             return
         await self._wait_for_room(Priority.from_name(priority))
         if not self.owns(job.source):  # revoked while waiting: the new owner answers it
@@ -256,7 +285,7 @@ class Gateway:
         for evicted in admission.evicted:
             self._shed_later(evicted.item, Reason.OVERLOADED, admission)
         if not admission.admitted:
-            await self.finish(job, _shed(job, admission.reason, admission))
+            self._finish_later(job, _shed(job, admission.reason, admission))
             return
         self._update_pauses()
         self._wake.set()
@@ -275,8 +304,30 @@ class Gateway:
             refs = route.models if model == primary else (ModelRef.parse(model),)
             return max(max_cost_estimate(self.providers.price(r), prompt, max_tokens) for r in refs)
 
-        tenant = request["tenant"]
+        tenant, request_id = request["tenant"], request["request_id"]
         state = TenantState.from_dict(self.tenant_state.get(tenant))
+        # The providers' daily caps: this partition's share, each in a ledger row of its
+        # own (written while handling this partition's request, so it lives there).
+        caps, partition = self.config.provider_caps, job.source.partition
+        rows = {p: provider_cap.table_key(p, partition) for p in caps.daily_caps_micros}
+        ledgers = {
+            p: BudgetLedger.from_dict(data)
+            for p, key in rows.items()
+            if (data := self.tenant_state.get(key)) is not None
+        }
+        # A reservation still open under this id is an earlier attempt's, lost with its
+        # worker, whose provider call may have been paid: count it as spent (kept even if
+        # this attempt is refused), then reserve anew (budget.charge_held).
+        charged = provider_cap.charge_held(ledgers, request_id)
+        for p, ledger in charged.items():
+            ledgers[p] = ledger
+            self.tenant_state[rows[p]] = ledger.to_dict()
+        if request_id in state.ledger.reservations:
+            state = replace(state, ledger=budget.charge_held(state.ledger, request_id))
+            self.tenant_state[tenant] = state.to_dict()
+            charged[tenant] = state.ledger
+        if charged:
+            job.trail.append(f"budget: an earlier attempt's reservation charged: {sorted(charged)}")
         decision, state = admission.admit(
             state,
             now,
@@ -295,9 +346,30 @@ class Gateway:
                 retry_after_ms=decision.retry_after_ms,
                 trail=job.trail,
             )
+        provider_alerts: tuple[str, ...] = ()
+        if caps.daily_caps_micros:
+            refs = route.models if decision.model == primary else (ModelRef.parse(decision.model),)
+            costs = [
+                (r.provider, max_cost_estimate(self.providers.price(r), prompt, max_tokens))
+                for r in refs
+            ]
+            estimates = provider_cap.estimates_by_provider(costs, caps)
+            verdict = provider_cap.admit(ledgers, now, partition, request_id, estimates, caps)
+            if verdict.refused is not None:
+                job.trail.append(f"admission: budget_exceeded: {verdict.refused.detail}")
+                return Outcome(
+                    Status.REJECTED,
+                    Reason.BUDGET_EXCEEDED,
+                    verdict.refused.detail,
+                    retry_after_ms=verdict.refused.reset_at_ms - now,
+                    trail=job.trail,
+                )
+            for p, ledger in verdict.ledgers.items():
+                self.tenant_state[rows[p]] = ledger.to_dict()
+            provider_alerts = verdict.alerts
         self.tenant_state[tenant] = state.to_dict()
         job.admitted = decision
-        for alert in decision.alerts:
+        for alert in (*decision.alerts, *provider_alerts):
             log.warning("budget alert for %s: %s", tenant, alert)
             self.counts["budget_alerts"] += 1
         if decision.model != primary:
@@ -321,7 +393,8 @@ class Gateway:
             self._spawn(job, self.cache.remember_semantic(found, job.request))
         if job.cache_leader and found.key is not None:
             job.cache_leader = False
-            self.cache.release(found.key, outcome if outcome.status == Status.OK else None)
+            answered = outcome.status in (Status.OK, Status.CACHED)
+            self.cache.release(found.key, outcome if answered else None)
 
     def _settle(self, job: Job, outcome: Outcome, now: int) -> None:
         """Replace the request's reservation by what it cost (or release it)."""
@@ -347,10 +420,30 @@ class Gateway:
             token_delta=delta,
         )
         self.tenant_state[request["tenant"]] = state.to_dict()
+        # The providers' caps: spend on the provider that answered, release the others
+        # (the capped providers of its route, as reserved by _admit).
+        assert job.route is not None
+        capped = self.config.provider_caps.daily_caps_micros
+        rows = {
+            r.provider: provider_cap.table_key(r.provider, job.source.partition)
+            for r in job.route.models
+            if r.provider in capped
+        }
+        ledgers = {
+            p: BudgetLedger.from_dict(data)
+            for p, key in rows.items()
+            if (data := self.tenant_state.get(key)) is not None
+        }
+        settled = provider_cap.settle(
+            ledgers, now, request["request_id"], outcome.provider, outcome.cost_micros
+        )
+        for p, ledger in settled.items():
+            self.tenant_state[rows[p]] = ledger.to_dict()
         job.admitted = None
 
     async def _wait_for_room(self, priority: Priority) -> None:
-        """Backpressure: a full scheduler stops this priority's intake (Kafka keeps the rest)."""
+        """Backpressure for work not taken by intake (a coalesced request whose leader
+        failed): intake itself only takes a record when ``may_take`` says so."""
         s = self.scheduler
         while len(s) >= self.config.worker.queue_capacity and not any(
             s.depth(lower) for lower in Priority if lower > priority
@@ -361,35 +454,6 @@ class Gateway:
     def _shed_later(self, job: Job, reason: Reason, admission: Admission[Job]) -> None:
         outcome = _shed(job, reason, admission)
         self._spawn(job, self.finish(job, outcome))
-
-    async def _in_sequence(self, message: Any) -> bool:
-        """Guard against records the consumer skipped: request topics are neither
-        compacted nor transactional, so their offsets are contiguous, and a record past
-        the next expected offset means earlier ones were dropped on the way (Faust can
-        skip records fetched around a rebalance or recovery). Go back for them: seek to
-        the first missing offset and ignore what arrives until it comes back."""
-        tp, offset = message.tp, message.offset
-        expected = self._next_offset.get(tp)
-        if expected is None:
-            committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
-            expected = committed if committed is not None else offset
-        if offset < expected:  # handed out again after a seek back: already taken
-            return False
-        if offset > expected:
-            if self._seeking.get(tp) != expected:
-                log.warning(
-                    "records %s..%s of %s were skipped by the consumer; re-reading",
-                    expected,
-                    offset - 1,
-                    tp,
-                )
-                self._seeking[tp] = expected
-                self.counts["gaps_reread"] += 1
-                await self.app.consumer.seek(tp, expected)
-            return False
-        self._seeking.pop(tp, None)
-        self._next_offset[tp] = offset + 1
-        return True
 
     def _spawn(self, job: Job, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as a task in the job's context (table writes go to its partition);
@@ -452,6 +516,8 @@ class Gateway:
                 self._spawn(job, self._run(job))
             self._update_pauses()
             self._room.set()
+            if self.reader is not None:
+                self.reader.room_changed()
 
     def _can_dispatch(self, route_key: str) -> bool:
         now = self.clock.now_ms()
@@ -504,20 +570,10 @@ class Gateway:
             self.apply_pauses()
 
     def apply_pauses(self) -> None:
-        """Open or close each priority's intake gate.
-
-        A closed gate stops that priority's intake agent; Faust's small per-partition
-        buffer then fills and the partition leaves the fetch set, so the backlog stays in
-        Kafka. (Faust's own ``pause_partitions`` is not used: a partition paused while a
-        fetched batch is being handed out loses the rest of that batch for the session.)
-        The gates are the worker's own state, so a rebalance cannot undo them.
-        """
-        for priority in Priority:
-            gate = self._gates[priority]
-            if priority in self._paused:
-                gate.clear()
-            else:
-                gate.set()
+        """Pause the request partitions of the paused priorities (streams/intake.py). The
+        pauses are the worker's own state: the reader re-applies them after a rebalance."""
+        if self.reader is not None:
+            self.reader.pause(self._paused)
         self.counts["pause_changes"] += 1
 
     def owns(self, source: Source) -> bool:
@@ -527,10 +583,9 @@ class Gateway:
 
     def on_partitions_assigned(self, assigned: set[Any]) -> None:
         request_topics = {self.config.request_topic(p) for p in PRIORITIES}
-        consumer = self.app.consumer
-        if not isinstance(consumer._read_offset, _UnfilteredReadOffsets):
-            consumer._read_offset = _UnfilteredReadOffsets(request_topics, consumer._read_offset)
         self._assigned = {tp for tp in assigned if tp.topic in request_topics}
+        if self.reader is not None:
+            self.reader.assign(self._assigned)
         total = len(PRIORITIES) * self.config.kafka.partitions
         self.providers.set_share(len(self._assigned) / total if total else 1.0)
 
@@ -540,6 +595,8 @@ class Gateway:
         already calling a provider still answer (a possible duplicate), but leave the
         tables, which now belong to the new owner, alone."""
         self._assigned -= set(revoked)
+        if self.reader is not None:
+            self.reader.revoke(revoked)
         gone = {(tp.topic, tp.partition) for tp in revoked}
         dropped = self.scheduler.drain(
             lambda q: (q.item.source.topic, q.item.source.partition) in gone
@@ -548,8 +605,6 @@ class Gateway:
         for tp in revoked:
             self.acks.forget(tp)
             self._to_commit.pop(tp, None)
-            self._next_offset.pop(tp, None)
-            self._seeking.pop(tp, None)
 
     async def close(self) -> None:
         await self.providers.aclose()
@@ -661,9 +716,9 @@ class Gateway:
     async def commit(self) -> None:
         """Commit the offsets of requests whose terminal response is written, in order.
 
-        The request topics are declared without Faust acks: Faust acks records it skips
-        around a rebalance, which can commit past records never answered; here only
-        answered records move the committed offset.
+        The request topics are read by the worker's own reader (streams/intake.py) and
+        committed here, through Faust's group member: only answered records move the
+        committed offset.
         """
         if not self._to_commit:
             return
@@ -702,6 +757,17 @@ class Gateway:
                 continue
             ledger_config = LedgerConfig({tenant: policy.budget}, tz=self.admission.tz)
             out[tenant] = usage_view(TenantState.from_dict(data).ledger, now, tenant, ledger_config)
+        # Providers' caps: one entry per (provider, partition) this worker owns and has
+        # spent on; the key names both, so merging several workers' views keeps them all.
+        caps = self.config.provider_caps
+        for partition in sorted({tp.partition for tp in self._assigned}):
+            for provider in sorted(caps.daily_caps_micros):
+                key = provider_cap.table_key(provider, partition)
+                data = self.tenant_state.get(key)
+                if data is not None:
+                    ledger = BudgetLedger.from_dict(data)
+                    row = provider_cap.usage_row(ledger, now, provider, partition, caps)
+                    out[key] = {"provider": provider, "partition": partition, "windows": [row]}
         return out
 
     def status(self) -> dict[str, Any]:
@@ -755,20 +821,3 @@ def _headers(event: Any) -> dict[str, str]:
         except UnicodeDecodeError:
             continue
     return out
-
-
-class _UnfilteredReadOffsets(defaultdict):  # type: ignore[type-arg]
-    """Faust's per-partition "last offset handed out"; its fetch loop drops every record
-    at or below it. A seek made from inside the intake callback cannot lower it (the loop
-    sets it after the callback returns), so records re-read after a gap would be dropped
-    for good. The request topics are sequenced by the gateway itself (``_in_sequence``):
-    report no read offset for them, so everything fetched reaches the gateway."""
-
-    def __init__(self, topics: set[str], existing: Any) -> None:
-        super().__init__(lambda: None, existing)
-        self.topics = topics
-
-    def __getitem__(self, tp: Any) -> Any:
-        if tp.topic in self.topics:
-            return None
-        return super().__getitem__(tp)

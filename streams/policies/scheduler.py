@@ -8,9 +8,9 @@ returns, sheds what ``next`` reports expired, and pauses the request topics that
 Admission (``offer``), in order:
 1. deadline already passed, or the expected queue wait reaches it -> shed ``deadline_expired``;
 2. queue fill at or above the priority's shed watermark (low 0.5, normal 0.8, high and
-   critical never) -> shed ``overloaded``;
-3. queue full -> displace the newest item of the lowest priority below the arrival (it is
-   shed ``overloaded`` and returned in ``Admission.evicted``); nothing lower -> shed.
+   critical never), or queue full -> displace the newest item of the lowest priority
+   below the arrival (it is shed ``overloaded`` and returned in ``Admission.evicted``);
+   nothing lower -> the arrival is shed ``overloaded``. So lower work always goes first.
 Expected wait for an item on route r at priority p: with ``a`` items waiting on r at p or
 higher, ``f`` in flight on r, ``m`` the route's max in flight and ``s`` the EWMA service
 time on r, the item waits for ``a + f - m + 1`` completions, i.e. ``(a + f - m + 1) * s / m``
@@ -30,6 +30,10 @@ watermark (low 0.4, normal 0.7, high and critical when full); normal and low als
 while ``urgent_pause_depth`` critical/high items wait; a lower priority is paused whenever
 a higher one is. It resumes only below ``watermark - resume_gap``, with no critical/high
 item waiting, and after ``min_pause_ms`` paused: hysteresis, so intake does not flap.
+Except while urgent work waits, a priority whose shed watermark is reached is not paused
+but read: its arrivals are shed ``overloaded`` at once unless lower work can make room
+(step 2 above), so its clients get a terminal answer with a retry hint instead of waiting
+in Kafka for their deadline to pass.
 
 Cost (n items waiting, R routes with work waiting, a handful of models in practice):
 ``offer`` O(R + log n); ``next`` O(R + log n) amortized; ``expire`` O(k log n) for k
@@ -272,10 +276,9 @@ class Scheduler(Generic[T]):
 
         if not check(now_ms, queued.deadline_ms, wait).proceed:
             return shed(Reason.DEADLINE_EXPIRED)
-        if watermark is not None and fill >= watermark:
-            return shed(Reason.OVERLOADED)
         evicted: tuple[Queued[T], ...] = ()
-        if len(self) >= self._config.capacity:
+        over_watermark = watermark is not None and fill >= watermark
+        if over_watermark or len(self) >= self._config.capacity:
             victim = self._evict_below(priority)
             if victim is None:
                 return shed(Reason.OVERLOADED)
@@ -428,7 +431,14 @@ class Scheduler(Generic[T]):
             for p in Priority:
                 if p > highest:
                     self._paused.setdefault(p, now_ms)
-        return frozenset(self._paused)
+        urgent_waiting = cfg.urgent_pause_depth > 0 and urgent >= cfg.urgent_pause_depth
+        return frozenset(p for p in self._paused if urgent_waiting or not self._shedding(p, fill))
+
+    def _shedding(self, priority: Priority, fill: float) -> bool:
+        """At its shed watermark a priority is read and shed, not left waiting in Kafka
+        (unless urgent work waits: then nothing below high is fetched at all)."""
+        watermark = self._config.shed_watermark(priority)
+        return watermark is not None and fill >= watermark
 
     # -- housekeeping ------------------------------------------------------------
 

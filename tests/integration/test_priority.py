@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 
 from connectors.client import ChatResponse, SluicegateClient, build_request
@@ -424,11 +423,6 @@ async def test_overload_sheds_lowest_priority_first_and_never_critical(
 # -- a paused priority must not hold up the others ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a paused priority's full Faust buffer blocks delivery to every agent "
-    "(criticals wait ~14 s here; see the issue 3 report)",
-)
 async def test_critical_intake_is_not_held_up_by_a_paused_low_backlog(
     make_stack: Callable[..., Stack], simulator: Simulator
 ) -> None:
@@ -506,11 +500,6 @@ class StatusSampler:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug: after a second worker joins, a request partition can stay unconsumed "
-    "(requests never answered while both workers idle; see the issue 3 report)",
-)
 async def test_paused_priorities_stay_behind_high_work_across_a_rebalance(
     make_stack: Callable[..., Stack], simulator: Simulator
 ) -> None:

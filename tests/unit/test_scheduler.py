@@ -112,6 +112,16 @@ def test_load_sheds_low_then_normal_but_not_high_or_critical(
     assert admission.depth["critical"] == critical_waiting
 
 
+def test_at_its_watermark_a_normal_arrival_displaces_waiting_low_work() -> None:
+    s = sched(capacity=10)
+    offer_all(s, *(work(f"l{i}", L) for i in range(3)))
+    offer_all(s, *(work(f"h{i}", H) for i in range(5)))
+    normal = s.offer(0, work("n", N))  # fill 0.8: normal's shed watermark
+    assert normal.admitted
+    assert [e.item for e in normal.evicted] == ["l2"]
+    assert (s.depth(N), s.depth(L), len(s)) == (1, 2, 8)
+
+
 def test_configured_high_watermark_sheds_high_but_never_critical() -> None:
     s = sched(capacity=10, high_shed_watermark=0.9)
     offer_all(s, *(work(f"c{i}", C) for i in range(9)))
@@ -273,9 +283,31 @@ def test_pause_set_stops_lower_priorities_first_and_everything_when_full(
 
 def test_lower_priority_is_paused_whenever_a_higher_one_is() -> None:
     s = sched(
-        capacity=10, low_pause_watermark=0.9, normal_pause_watermark=0.5, urgent_pause_depth=0
+        capacity=10,
+        low_pause_watermark=0.9,
+        low_shed_watermark=0.9,
+        normal_pause_watermark=0.5,
+        urgent_pause_depth=0,
     )
     offer_all(s, *(work(f"n{i}", N) for i in range(5)))
+    assert s.paused_priorities(0) == {N, L}
+
+
+def test_a_priority_at_its_shed_watermark_is_read_and_shed_not_paused() -> None:
+    s = sched(capacity=10)
+    offer_all(s, *(work(f"n{i}", N) for i in range(4)))
+    assert s.paused_priorities(0) == {L}  # fill 0.4: low waits in Kafka
+    offer_all(s, work("n4", N))
+    assert s.paused_priorities(0) == frozenset()  # fill 0.5: low is read again, to be shed
+    low = s.offer(0, work("l0", L))
+    assert not low.admitted and low.reason == Reason.OVERLOADED
+    offer_all(s, *(work(f"n{i}", N) for i in range(5, 8)))
+    assert s.paused_priorities(0) == frozenset()  # fill 0.8: normal is shed too
+
+
+def test_while_urgent_work_waits_nothing_below_high_is_read_even_to_shed_it() -> None:
+    s = sched(capacity=10, urgent_pause_depth=1)
+    offer_all(s, *(work(f"h{i}", H) for i in range(9)))
     assert s.paused_priorities(0) == {N, L}
 
 
