@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import tomllib
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import SluicegateError
-from streams.policies import degradation
+from streams.policies import degradation, provider_cap
 from streams.policies.admission import AdmissionConfig, TenantPolicy
 from streams.policies.budget import BudgetConfig, FeatureBudgetConfig, OnExceed
 from streams.policies.deadline import DeadlineConfig
@@ -143,6 +144,9 @@ class ProviderConfig(_Model):
     api_key_env: str | None = None
     timeout_s: float = Field(default=30, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    # A global daily cap on what every tenant together spends at this provider (split
+    # evenly over the request partitions; docs/DESIGN-NOTES.md "Provider daily cap").
+    daily_budget_usd: float | None = Field(default=None, ge=0, le=1e12)
     models: dict[str, ModelConfig]
 
     @field_validator("models")
@@ -221,6 +225,8 @@ class SluicegateConfig(_Model):
                 where = "primary" if i == 0 else f"fallbacks[{i - 1}]"
                 self._check_ref(f"routes.{name}.{where}", ref)
         for tname, tenant in self.tenants.items():
+            if tname.startswith(provider_cap.TABLE_KEY_PREFIX):
+                raise ValueError(f"tenants.{tname}: names starting with __provider__: are reserved")
             for fname, feature in tenant.features.items():
                 if feature.on_exceed == "downgrade" and not feature.downgrade_to:
                     raise ValueError(f"tenants.{tname}.features.{fname}.downgrade_to is required")
@@ -311,6 +317,20 @@ class SluicegateConfig(_Model):
                 )
             tenants[name] = TenantPolicy(rate, feature_rates, budget)
         return AdmissionConfig(tenants, tz)
+
+    @cached_property
+    def provider_caps(self) -> provider_cap.ProviderCapConfig:
+        """Providers' global daily caps and how they split over the request partitions."""
+        return provider_cap.ProviderCapConfig(
+            daily_caps_micros={
+                name: usd_to_micros(p.daily_budget_usd)
+                for name, p in self.providers.items()
+                if p.daily_budget_usd is not None
+            },
+            partitions=self.kafka.partitions,
+            tz=self.budgets.timezone,
+            soft_thresholds=tuple(self.budgets.soft_thresholds),
+        )
 
     def model_names(self) -> list[str]:
         names = set(self.routes)

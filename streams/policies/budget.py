@@ -26,7 +26,11 @@ sum of open reservations, plus the open reservations by request id.
 
 Crash recovery: the ledger is restored from the table's changelog with the crashed
 worker's open reservations; their requests were not committed, so they are re-read and
-``admit`` (same request id) finds and reuses their reservation. A reservation whose
+``admit`` (same request id) finds and reuses their reservation. The live worker calls
+``charge_held`` first instead: the earlier attempt may have been paid by the provider
+(its answer lost with the worker), so its reservation is counted as spent and the re-read
+request reserves anew (the benchmark's SIGKILL run measured 1.7x the cap at the provider
+with reuse). A reservation whose
 request never comes back (shed by deadline before admission, or a glue bug) is
 reclaimed by ``expire_reservations``; choose ``max_age_ms`` above the longest request
 lifetime (deadline plus provider timeouts), so that a live request is never expired. A
@@ -397,6 +401,21 @@ def release(ledger: BudgetLedger, request_id: str) -> BudgetLedger:
     if reservation is None:
         return ledger
     windows = _unreserve(dict(ledger.windows), reservation, 0)
+    reservations = {k: v for k, v in ledger.reservations.items() if k != request_id}
+    return replace(ledger, windows=windows, reservations=reservations)
+
+
+def charge_held(ledger: BudgetLedger, request_id: str) -> BudgetLedger:
+    """Count the request's open reservation as spent in full and drop it (a no-op without
+    one). For a request admitted again while an earlier attempt still holds a reservation:
+    that attempt was in flight when its worker died or lost the partition, and its
+    provider call may have been paid without ever being settled. The reservation bounds
+    that cost, so charging it keeps the spend recorded >= the money really spent (at the
+    price of charging attempts that never reached the provider)."""
+    reservation = ledger.reservations.get(request_id)
+    if reservation is None:
+        return ledger
+    windows = _unreserve(dict(ledger.windows), reservation, reservation.amount)
     reservations = {k: v for k, v in ledger.reservations.items() if k != request_id}
     return replace(ledger, windows=windows, reservations=reservations)
 
