@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from faust.web import Request, Response, View
+from mode.utils.times import want_seconds
 
 from schemas import registry
 from schemas.registry import SchemaError
@@ -23,6 +24,7 @@ from streams.config import PRIORITIES, SluicegateConfig
 from streams.dashboard import install_web
 from streams.intake import RequestReader
 from streams.policies.scheduler import Priority
+from streams.topics import TopicSpec
 from streams.usage import UsageTotals
 from streams.worker import Gateway
 
@@ -228,6 +230,23 @@ def build_app(
     install_web(app, gateway)  # /metrics, /dashboard, /dashboard/data
     app.gateway = gateway  # type: ignore[attr-defined]
     return app, gateway
+
+
+def changelog_specs(app: faust.App) -> list[TopicSpec]:
+    """Every table's changelog topic (windowed tables' key indexes included), as Faust
+    would declare it. Created before the worker starts (streams/cli.py): when Faust
+    declares them itself, a worker can cache the metadata of a changelog not created yet
+    (0 partitions), and its first write to that table fails with PartitionsMismatch."""
+    specs = []
+    for table in app.tables.values():
+        topic = table.changelog_topic
+        flags = (("compact", topic.compacting), ("delete", topic.deleting))
+        policies = [policy for policy, on in flags if on]
+        config = {"cleanup.policy": ",".join(policies or ["compact"])}
+        if topic.retention is not None:
+            config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
+        specs.append(TopicSpec(topic.get_topic_name(), table.partitions, config))
+    return specs
 
 
 def _keep_faust_off(consumer: Any, topics: Iterable[str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -48,8 +49,8 @@ def effective_config(path: str | None, namespace: str | None = None) -> Sluicega
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from streams.app import build_app
-    from streams.topics import ensure_sluicegate_topics
+    from streams.app import build_app, changelog_specs
+    from streams.topics import ensure_sluicegate_topics, ensure_topics
 
     config = effective_config(args.config, args.namespace)
     updates: dict[str, Any] = {}
@@ -61,7 +62,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"worker": config.worker.model_copy(update=updates)})
     ensure_sluicegate_topics(config)
     app, _gateway = build_app(config)
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    k = config.kafka
+    ensure_topics(k.bootstrap_servers, changelog_specs(app), k.replication_factor)
+
+    class _Worker(faust.Worker):
+        """Faust's worker, without its terminal spinner: the spinner's log handler lowers the
+        root logger to DEBUG, so every debug call in faust and aiokafka formats a record (a few
+        percent of the worker's CPU). The root logger keeps the level asked for."""
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            self.spinner = None
+            super().on_setup_root_logger(logger, level)
+            logger.setLevel(level or logging.WARNING)
+
+    worker = _Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
 
