@@ -220,7 +220,7 @@ def build_app(
     class HealthView(View):
         async def get(self, request: Request) -> Response:
             request_topics = {config.request_topic(p) for p in PRIORITIES}
-            settled = not app.rebalancing and not getattr(app, "in_recovery", False)
+            settled = reader.ready()  # assignment settled, tables restored, reading
             assigned = app.consumer.assignment() if app.consumer and settled else set()
             owned = sorted(
                 f"{tp.topic}:{tp.partition}" for tp in assigned if tp.topic in request_topics

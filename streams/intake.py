@@ -71,13 +71,13 @@ class RequestReader:
         handle: Callable[[faust.Event], Awaitable[None]],
         may_take: Callable[[Priority], bool],
         *,
-        max_records: int = 200,
+        batch_records: int = 50,
     ) -> None:
         self.app = app
         self.topic_priority = topic_priority
         self.handle = handle
         self.may_take = may_take
-        self.max_records = max_records
+        self.batch_records = batch_records
         self.bootstrap_servers = bootstrap_servers
         self._consumer: AIOKafkaConsumer | None = None  # made in start(), inside the loop
         self._assigned: set[TopicPartition] = set()
@@ -91,7 +91,7 @@ class RequestReader:
             group_id=self.app.conf.id,  # committed offsets are read from Faust's group
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self.max_records,
+            max_poll_records=self.batch_records,
             max_partition_fetch_bytes=256 * 1024,
             fetch_max_wait_ms=FETCH_TIMEOUT_MS,
         )
@@ -144,7 +144,7 @@ class RequestReader:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         """Faust has settled the assignment and restored the tables for it."""
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]
         return (
@@ -156,16 +156,28 @@ class RequestReader:
         )
 
     async def run(self) -> None:
+        """Take records, most urgent priority first: each round takes one small batch from
+        the most urgent priority that has records fetched, so a critical record waits for
+        at most one batch of less urgent ones."""
         while True:
-            if not self._ready():
+            if not self.ready():
                 await asyncio.sleep(0.05)
                 continue
             assert self._consumer is not None
-            batch = await self._consumer.getmany(
-                timeout_ms=FETCH_TIMEOUT_MS, max_records=self.max_records
-            )
+            batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+            for priority in sorted(set(self.topic_priority.values())):
+                partitions = self._partitions(priority)
+                if partitions:
+                    batch = await self._consumer.getmany(
+                        *partitions, timeout_ms=0, max_records=self.batch_records
+                    )
+                    if batch:
+                        break
+            if not batch:  # nothing fetched yet: wait for records of any priority
+                batch = await self._consumer.getmany(
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=self.batch_records
+                )
             held_back = False
-            # Most urgent first: a batch may carry several priorities.
             for tp in sorted(batch, key=lambda tp: self.topic_priority[tp.topic]):
                 held_back |= await self._take(tp, batch[tp])
             if held_back:
@@ -173,6 +185,11 @@ class RequestReader:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), timeout=0.5)
+
+    def _partitions(self, priority: Priority) -> list[TopicPartition]:
+        if priority in self._paused:
+            return []
+        return [tp for tp in self._assigned if self.topic_priority[tp.topic] == priority]
 
     async def _take(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
         """Hand the partition's records to the gateway in order; True if some were held
