@@ -164,11 +164,15 @@ def build_app(
 
     @app.agent(usage_topic, name="sluicegate.usage.totals")
     async def usage_totals(stream: Any) -> None:
-        async for value in stream:
-            try:
-                totals.add(registry.decode(registry.USAGE_EVENT, value))
-            except SchemaError as exc:
-                log.warning("skipping an undecodable usage event: %s", exc)
+        # In batches: the windowed tables are written once per scope and minute per batch.
+        async for events in stream.take_events(500, within=0.5):
+            batch = []
+            for event in events:
+                try:
+                    batch.append((event, registry.decode(registry.USAGE_EVENT, event.value)))
+                except SchemaError as exc:
+                    log.warning("skipping an undecodable usage event: %s", exc)
+            totals.add_batch(batch)
 
     @app.page("/costs")
     class CostsView(View):

@@ -20,15 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from faust.streams import _current_event
 from faust.types.tuples import TP, Message
 
+from streams.event_context import current_event
 from streams.policies.scheduler import Priority
 
 log = logging.getLogger("sluicegate.intake")
@@ -203,12 +202,10 @@ class RequestReader:
                 self._consumer.seek(tp, record.offset)
                 return True
             event = to_event(self.app, record)
-            token = _current_event.set(weakref.ref(event))
             try:
-                await self.handle(event)
+                with current_event(event):
+                    await self.handle(event)
             except Exception:  # a bug must not stop intake: the record stays unacked
                 log.exception("intake failed for %s:%s@%s", tp.topic, tp.partition, record.offset)
-            finally:
-                _current_event.reset(token)
             self.taken += 1
         return False

@@ -6,6 +6,13 @@ its provider limiter, call it, record the outcome, and retry with jittered backo
 the retry policy (attempt cap, deadline, worker-wide retry budget) allows; when the model
 gives up, move down the chain: fallback models, then a stale cache entry, then the
 route's static message. One breaker and one limiter per (provider, model) per worker.
+
+Deadlines: a call is given ``min(provider timeout, time left before the deadline)``, and none is
+started with less than ``MIN_CALL_MS`` left (the request is shed as ``deadline_expired``
+instead). A timeout tells the breaker the provider is unhealthy only when the call had time to
+answer (``timeout_is_provider_failure``): a call cut short by the request's own deadline is
+neither a success nor a failure. Otherwise requests that waited long in the queue and then
+timed out after a few ms would open the breaker of a healthy model.
 """
 
 from __future__ import annotations
@@ -57,8 +64,25 @@ from streams.records import Outcome
 
 log = logging.getLogger("sluicegate.providers")
 
+# No provider call is started with less time than this before the request's deadline: it
+# could not answer in time (a fast model answers in ~50-100 ms) and its timeout would say
+# nothing about the provider. A constant rather than a latency estimate, to keep it obvious.
+MIN_CALL_MS = 50
+# A timed-out call counts as a breaker failure when it was given its provider's full timeout,
+# or at least this fraction of the breaker's slow-call duration: far longer than a healthy
+# answer takes, and still reached by fresh requests when deadlines are about as short as the
+# slow-call duration (so a provider that hangs still opens the breaker).
+EVIDENCE_SHARE_OF_SLOW_CALL = 0.5
+
 # Stale cache lookup, supplied by the cache glue: returns an Outcome for a stale hit or None.
 StaleLookup = Callable[[], Awaitable[Outcome | None]]
+
+
+def timeout_is_provider_failure(given_ms: int, full_timeout_ms: int, slow_call_ms: int) -> bool:
+    """Is a call that timed out after ``given_ms`` evidence that the provider is unhealthy?
+    Yes when it had the provider's full timeout or at least half the breaker's slow-call
+    duration; no when the request's deadline cut it shorter (it might have answered)."""
+    return given_ms >= min(full_timeout_ms, slow_call_ms * EVIDENCE_SHARE_OF_SLOW_CALL)
 
 
 def failure_kind(error: ProviderError) -> FailureKind:
@@ -100,6 +124,7 @@ class ProviderCaller:
                 max_attempts=res.retry.max_attempts,
                 base_ms=res.retry.base_ms,
                 cap_ms=res.retry.cap_ms,
+                min_attempt_ms=MIN_CALL_MS,
             ),
             rng or random.Random(),
             self.retry_budget,
@@ -206,15 +231,8 @@ class ProviderCaller:
         stale_checked = False
         while True:
             now = self.clock.now_ms()
-            if now >= deadline_ms:
-                trail.append("deadline passed")
-                return Outcome(
-                    Status.SHED,
-                    Reason.DEADLINE_EXPIRED,
-                    "deadline passed while calling providers",
-                    attempts=attempts,
-                    trail=trail,
-                )
+            if deadline_ms - now < MIN_CALL_MS:
+                return _too_late(now, deadline_ms, attempts, trail)
             if not stale_checked and stale is not None and tried:
                 stale_outcome, stale_checked = await stale(), True
             step = chain.next_step(
@@ -226,6 +244,8 @@ class ProviderCaller:
                     request, ref, deadline_ms, trail, est_tokens
                 )
                 attempts += n
+                if reason is Reason.DEADLINE_EXPIRED:
+                    return _too_late(self.clock.now_ms(), deadline_ms, attempts, trail)
                 if result is None:
                     tried.append(Attempt(ref, reason))
                     continue
@@ -287,24 +307,26 @@ class ProviderCaller:
         trail: list[str],
         est_tokens: int,
     ) -> tuple[ChatResult | None, Reason, int]:
-        """Attempts on one model; (result, NONE, attempts) or (None, why it gave up, attempts)."""
+        """Attempts on one model; (result, NONE, attempts) or (None, why it gave up, attempts).
+        DEADLINE_EXPIRED: less than MIN_CALL_MS was left to start an attempt."""
         breaker, limiter = self.breaker(ref), self.limiter(ref)
+        full_timeout_ms = int(self.config.providers[ref.provider].timeout_s * 1000)
         attempt = 0
         while True:
             now = self.clock.now_ms()
+            if deadline_ms - now < MIN_CALL_MS:
+                return None, Reason.DEADLINE_EXPIRED, attempt
             if not breaker.allow(now):
                 trail.append(f"{ref}: breaker open")
                 return None, Reason.BREAKER_OPEN, attempt
             wait = limiter.try_acquire(now, est_tokens)
             if wait > 0:
-                if now + wait >= deadline_ms:
-                    breaker.release(now)
+                breaker.release(now)
+                if now + wait + MIN_CALL_MS > deadline_ms:
                     trail.append(f"{ref}: provider limit, no time left to wait")
                     return None, Reason.PROVIDER_RATE_LIMITED, attempt
-                breaker.release(now)
                 await asyncio.sleep(wait / 1000)
                 continue
-            acquired_at = now
             attempt += 1
             self.stats.calls += 1
             if attempt == 1:
@@ -312,15 +334,24 @@ class ProviderCaller:
                 self.retry_budget.record_first_attempt(now)
             else:
                 self.stats.retries += 1
+            given_ms = min(full_timeout_ms, deadline_ms - now)
             try:
                 result = await self.provider(ref.provider).complete(
-                    _chat_call(request, ref, (deadline_ms - now) / 1000)
+                    _chat_call(request, ref, given_ms / 1000)
                 )
             except ProviderError as exc:
                 end = self.clock.now_ms()
+                limiter.finish(end, est_tokens, 0)
                 kind = failure_kind(exc)
                 self.stats.errors[kind.value] = self.stats.errors.get(kind.value, 0) + 1
-                if kind.counts_toward_breaker:
+                cut_short = (
+                    kind is FailureKind.TIMEOUT
+                    and exc.status is None  # our own timeout, not the provider's 408
+                    and not timeout_is_provider_failure(
+                        given_ms, full_timeout_ms, self._breaker_config.slow_call_duration_ms
+                    )
+                )
+                if kind.counts_toward_breaker and not cut_short:
                     breaker.record(end, False, end - now)
                 else:
                     breaker.release(end)
@@ -330,22 +361,24 @@ class ProviderCaller:
                     limiter.observe(
                         end, rate_limited=True, retry_after_ms=retry_after, **_remaining(info)
                     )
-                limiter.refund(end, acquired_at, est_tokens, 0)
                 decision = self.retry.decide(end, attempt, kind, retry_after, deadline_ms)
                 trail.append(
                     f"{ref}: {kind.value}{f' {exc.status}' if exc.status else ''}"
-                    f" -> {decision.reason}"
+                    f"{' (cut short by the deadline)' if cut_short else ''} -> {decision.reason}"
                 )
                 if not decision.retry:
                     return None, kind.reason, attempt
                 await asyncio.sleep(decision.delay_ms / 1000)
                 continue
+            except BaseException:  # cancelled (rebalance, shutdown): free what the call held
+                end = self.clock.now_ms()
+                limiter.finish(end, est_tokens, 0)
+                breaker.release(end)
+                raise
             end = self.clock.now_ms()
             breaker.record(end, True, end - now)
             limiter.observe(end, rate_limited=False, **_remaining(result.ratelimit))
-            limiter.refund(
-                end, acquired_at, est_tokens, result.prompt_tokens + result.completion_tokens
-            )
+            limiter.finish(end, est_tokens, result.prompt_tokens + result.completion_tokens)
             return result, Reason.NONE, attempt
 
     def status(self) -> dict[str, Any]:
@@ -379,6 +412,17 @@ class ProviderCaller:
             },
             "limit_share": self._share,
         }
+
+
+def _too_late(now: int, deadline_ms: int, attempts: int, trail: list[str]) -> Outcome:
+    """Shed: the deadline has passed, or is too close to start a provider call."""
+    if now >= deadline_ms:
+        trail.append("deadline passed")
+        detail = "deadline passed while calling providers"
+    else:
+        trail.append("deadline too close")
+        detail = f"only {deadline_ms - now} ms left: too little to call a provider"
+    return Outcome(Status.SHED, Reason.DEADLINE_EXPIRED, detail, attempts=attempts, trail=trail)
 
 
 def _remaining(info: Any) -> dict[str, int | None]:

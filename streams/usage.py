@@ -18,11 +18,13 @@ second. Reads (``view``) happen outside the stream, against the wall clock.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from streams.config import SluicegateConfig
+from streams.event_context import current_event
 
 # window kind -> (size in seconds, how long closed windows are kept)
 WINDOWS: dict[str, tuple[int, timedelta]] = {
@@ -76,6 +78,8 @@ class UsageTotals:
             offset = datetime.fromtimestamp(seconds, UTC).astimezone(zone).utcoffset()
             return seconds + (offset.total_seconds() if offset else 0.0)
 
+        self._local_seconds = local_seconds
+
         self.seen = app.Table(
             "usage-seen", default=None, partitions=partitions, options=options
         ).tumbling(3600, expires=timedelta(hours=3))
@@ -87,17 +91,41 @@ class UsageTotals:
         }
         self.duplicates = 0
 
-    def add(self, usage: dict[str, Any]) -> bool:
-        """Inside the usage agent: count one event, unless its request was counted."""
+    def add_batch(self, events: list[tuple[Any, dict[str, Any]]]) -> int:
+        """Inside the usage agent: count a batch of (event, decoded usage), each request
+        once; returns how many were counted. Events of one partition and one local minute
+        share every window (a minute never straddles an hour or a day: zone offsets are
+        whole minutes), so each such group reads and writes each scope's window once
+        instead of once per event: the write volume no longer grows with the traffic."""
+        groups: dict[tuple[int, int], list[tuple[Any, dict[str, Any]]]] = defaultdict(list)
+        for event, usage in events:
+            minute = int(self._local_seconds(event) // 60)
+            groups[(event.message.partition, minute)].append((event, usage))
+        counted = 0
+        for members in groups.values():
+            with current_event(members[0][0]):
+                fresh = [usage for _, usage in members if self._first_time(usage)]
+                by_scope: dict[str, list[dict[str, Any]]] = defaultdict(list)
+                for usage in fresh:
+                    for key in scope_keys(usage["tenant"], usage["feature"]):
+                        by_scope[key].append(usage)
+                for table in self.windows.values():
+                    for key, usages in by_scope.items():
+                        total = _read(table[key].value)
+                        for usage in usages:
+                            total = add_usage(total, usage)
+                        table[key] = total
+            counted += len(fresh)
+        return counted
+
+    def _first_time(self, usage: dict[str, Any]) -> bool:
+        """Not counted before (a request answered twice around a crash has two events)."""
         request_id = usage["request_id"]
         seen = self.seen[request_id]
         if _read(seen.current) or _read(lambda: seen.delta(3600)):
             self.duplicates += 1
             return False
         self.seen[request_id] = 1
-        for table in self.windows.values():
-            for key in scope_keys(usage["tenant"], usage["feature"]):
-                table[key] = add_usage(_read(table[key].value), usage)
         return True
 
     def view(self, kind: str) -> list[dict[str, Any]]:

@@ -316,8 +316,9 @@ class Gateway:
             if (data := self.tenant_state.get(key)) is not None
         }
         # A reservation still open under this id is an earlier attempt's, lost with its
-        # worker, whose provider call may have been paid: count it as spent (kept even if
-        # this attempt is refused), then reserve anew (budget.charge_held).
+        # worker: if it was marked sent, its provider call may have been paid, so it is
+        # counted as spent (kept even if this attempt is refused); if not, it is released.
+        # Then this attempt reserves anew (budget.charge_held).
         charged = provider_cap.charge_held(ledgers, request_id)
         for p, ledger in charged.items():
             ledgers[p] = ledger
@@ -327,7 +328,7 @@ class Gateway:
             self.tenant_state[tenant] = state.to_dict()
             charged[tenant] = state.ledger
         if charged:
-            job.trail.append(f"budget: an earlier attempt's reservation charged: {sorted(charged)}")
+            job.trail.append(f"budget: an earlier attempt's reservation settled: {sorted(charged)}")
         decision, state = admission.admit(
             state,
             now,
@@ -441,6 +442,46 @@ class Gateway:
             self.tenant_state[rows[p]] = ledger.to_dict()
         job.admitted = None
 
+    def _durable_set(self, key: str, value: Any, waits: list[Any]) -> None:
+        """A tenant-state write whose changelog delivery can be awaited: the table's own
+        ``table[key] = value`` sends its changelog record without handing out the future.
+        Same effect (the store and the changelog record of the current partition)."""
+        table = self.tenant_state
+        table.data[key] = value
+        waits.append(table.send_changelog(table.partition_for_key(key), key, value))
+
+    def _mark_sent(self, job: Job) -> list[Any]:
+        """Mark the job's reservations (tenant ledger, provider caps) as sent, just before
+        its provider call: if the worker dies before settling, the successor that re-reads
+        the request charges them instead of releasing them (``budget.charge_held``). Writes
+        only rows that hold an unmarked reservation for the request; the caller waits for
+        the returned changelog deliveries before calling the provider, so the mark (and
+        the reservation written before it, the producer keeps order) survives a crash."""
+        waits: list[Any] = []
+        if job.admitted is None or not self.owns(job.source):
+            return waits
+        tenant, request_id = job.request["tenant"], job.request["request_id"]
+        if job.admitted.reserved_micros:  # 0: the tenant has no budget, nothing reserved
+            state = TenantState.from_dict(self.tenant_state.get(tenant))
+            ledger = budget.mark_sent(state.ledger, request_id)
+            if ledger is not state.ledger:
+                self._durable_set(tenant, replace(state, ledger=ledger).to_dict(), waits)
+        assert job.route is not None
+        capped = self.config.provider_caps.daily_caps_micros
+        rows = {
+            r.provider: provider_cap.table_key(r.provider, job.source.partition)
+            for r in job.route.models
+            if r.provider in capped
+        }
+        ledgers = {
+            p: BudgetLedger.from_dict(data)
+            for p, key in rows.items()
+            if (data := self.tenant_state.get(key)) is not None
+        }
+        for p, marked in provider_cap.mark_sent(ledgers, request_id).items():
+            self._durable_set(rows[p], marked.to_dict(), waits)
+        return waits
+
     async def _wait_for_room(self, priority: Priority) -> None:
         """Backpressure for work not taken by intake (a coalesced request whose leader
         failed): intake itself only takes a record when ``may_take`` says so."""
@@ -530,6 +571,9 @@ class Gateway:
         route_key = str(job.route.primary)
         started = self.clock.now_ms()
         try:
+            waits = self._mark_sent(job)  # before the call: from here on it may be paid
+            if waits:
+                await asyncio.gather(*waits)
             outcome = await self.providers.call_route(
                 job.request,
                 job.route,

@@ -22,15 +22,22 @@ sum of open reservations, plus the open reservations by request id.
   without an open reservation it changes nothing (reported ``ALREADY_SETTLED`` for an id
   among the last ``keep_settled`` settled, else ``UNKNOWN``).
 - ``release`` drops a reservation (the request failed and cost nothing).
+- ``mark_sent`` records that the reservation's attempt is going to a provider now.
 - ``expire_reservations`` drops reservations older than ``max_age_ms``.
 
 Crash recovery: the ledger is restored from the table's changelog with the crashed
 worker's open reservations; their requests were not committed, so they are re-read and
 ``admit`` (same request id) finds and reuses their reservation. The live worker calls
-``charge_held`` first instead: the earlier attempt may have been paid by the provider
-(its answer lost with the worker), so its reservation is counted as spent and the re-read
-request reserves anew (the benchmark's SIGKILL run measured 1.7x the cap at the provider
-with reuse). A reservation whose
+``charge_held`` first instead, which looks at the reservation's ``sent`` mark (set by
+``mark_sent`` just before the provider call): an attempt that was sent may have been paid
+by the provider (its answer lost with the worker), so its reservation is counted as spent
+(reusing it, the benchmark's SIGKILL run measured 1.7x the cap at the provider); an
+attempt never sent (still queued) cost nothing, so its reservation is released. Either
+way the re-read request then reserves anew. The remaining window: the mark is written
+before the call, but the table's changelog is written asynchronously, so a worker that
+dies after the call started and before the mark reached Kafka leaves an unsent
+reservation, and that attempt is released although it may have been paid (the spend is
+under-counted by at most that attempt). A reservation whose
 request never comes back (shed by deadline before admission, or a glue bug) is
 reclaimed by ``expire_reservations``; choose ``max_age_ms`` above the longest request
 lifetime (deadline plus provider timeouts), so that a live request is never expired. A
@@ -147,6 +154,7 @@ class Reservation:
     model: str  # the model the estimate was made for
     keys: tuple[str, ...]  # the window keys it counts against
     created_ms: int
+    sent: bool = False  # its attempt went to a provider (``mark_sent``): maybe paid
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,7 @@ class BudgetLedger:
                 k: [w.spent, w.reserved, w.end_ms, w.alerted] for k, w in self.windows.items()
             },
             "reservations": {
-                rid: [r.amount, r.model, list(r.keys), r.created_ms]
+                rid: [r.amount, r.model, list(r.keys), r.created_ms, r.sent]
                 for rid, r in self.reservations.items()
             },
             "settled": dict(self.settled),
@@ -174,9 +182,9 @@ class BudgetLedger:
             k: WindowUsage(int(s), int(r), int(e), float(a))
             for k, (s, r, e, a) in data.get("windows", {}).items()
         }
-        reservations = {
-            rid: Reservation(int(a), str(m), tuple(keys), int(c))
-            for rid, (a, m, keys, c) in data.get("reservations", {}).items()
+        reservations = {  # stored before ``sent`` existed: 4 fields, and not sent
+            rid: Reservation(int(a), str(m), tuple(keys), int(c), bool(rest[0]) if rest else False)
+            for rid, (a, m, keys, c, *rest) in data.get("reservations", {}).items()
         }
         settled = {rid: int(at) for rid, at in data.get("settled", {}).items()}
         return cls(windows, reservations, settled)
@@ -405,17 +413,29 @@ def release(ledger: BudgetLedger, request_id: str) -> BudgetLedger:
     return replace(ledger, windows=windows, reservations=reservations)
 
 
+def mark_sent(ledger: BudgetLedger, request_id: str) -> BudgetLedger:
+    """Mark the request's open reservation as sent: its attempt is going to a provider and
+    may be paid from now on. Returns ``ledger`` itself when there is nothing to mark (no
+    reservation, or already marked)."""
+    reservation = ledger.reservations.get(request_id)
+    if reservation is None or reservation.sent:
+        return ledger
+    reservations = {**ledger.reservations, request_id: replace(reservation, sent=True)}
+    return replace(ledger, reservations=reservations)
+
+
 def charge_held(ledger: BudgetLedger, request_id: str) -> BudgetLedger:
-    """Count the request's open reservation as spent in full and drop it (a no-op without
-    one). For a request admitted again while an earlier attempt still holds a reservation:
-    that attempt was in flight when its worker died or lost the partition, and its
-    provider call may have been paid without ever being settled. The reservation bounds
-    that cost, so charging it keeps the spend recorded >= the money really spent (at the
-    price of charging attempts that never reached the provider)."""
+    """Close the open reservation of an earlier attempt of the request (a no-op without
+    one), for a request admitted again while that attempt, in flight when its worker died
+    or lost the partition, still holds it. Sent (``mark_sent``): its provider call may
+    have been paid without ever being settled; the reservation bounds that cost, so it is
+    counted as spent in full. Not sent: the attempt never left the worker and cost
+    nothing, so the reservation is released."""
     reservation = ledger.reservations.get(request_id)
     if reservation is None:
         return ledger
-    windows = _unreserve(dict(ledger.windows), reservation, reservation.amount)
+    spent = reservation.amount if reservation.sent else 0
+    windows = _unreserve(dict(ledger.windows), reservation, spent)
     reservations = {k: v for k, v in ledger.reservations.items() if k != request_id}
     return replace(ledger, windows=windows, reservations=reservations)
 

@@ -21,8 +21,10 @@ caps (``budget.settle``/``release``/``expire_reservations``):
   share`` holds for each of them (all or nothing); else it names the provider whose share
   is exceeded and the window's reset time. A request id that already holds a reservation
   keeps it: nothing is reserved twice. (The live worker first calls ``charge_held``: a
-  reservation still open when a request is read again belongs to an attempt that may
-  have been paid, so it is counted as spent; see ``budget.charge_held``.)
+  reservation still open when a request is read again belongs to an earlier attempt; it
+  is counted as spent if that attempt was sent to a provider, and may have been paid,
+  else released; see ``budget.charge_held``.)
+- ``mark_sent`` marks the request's reservations as sent, just before the provider call.
 - ``settle`` spends the actual cost on the provider that answered and releases the
   reservations on the others (a fallback on another provider spent nothing there).
 
@@ -190,9 +192,20 @@ def settle(
     return changed
 
 
+def mark_sent(ledgers: Mapping[str, BudgetLedger], request_id: str) -> dict[str, BudgetLedger]:
+    """``budget.mark_sent`` in every provider ledger holding a reservation for the request
+    not yet marked; returns the ledgers that changed (empty: nothing to write)."""
+    return {
+        provider: budget.mark_sent(ledger, request_id)
+        for provider, ledger in ledgers.items()
+        if (held := ledger.reservations.get(request_id)) is not None and not held.sent
+    }
+
+
 def charge_held(ledgers: Mapping[str, BudgetLedger], request_id: str) -> dict[str, BudgetLedger]:
     """``budget.charge_held`` in every provider ledger holding a reservation for the
-    request (an earlier attempt, possibly paid); returns the ledgers that changed."""
+    request (an earlier attempt: charged if it was sent, else released); returns the
+    ledgers that changed."""
     return {
         provider: budget.charge_held(ledger, request_id)
         for provider, ledger in ledgers.items()

@@ -16,8 +16,8 @@ request id counted once). Overshoot is the largest of them minus the cap. The si
 count of calls shows what the provider saw (calls from the killed worker included, whose
 answers were lost): times the mean cost of an answer, it estimates what the provider
 billed. A request read again while its earlier attempt's reservation is still open has
-that reservation charged in full (``budget.charge_held``), since the lost attempt may have
-been paid.
+that reservation charged in full if the attempt was sent to the provider (it may have been
+paid), else released (``budget.charge_held``).
 
 The latency cost of the budget check: interleaved rounds (capped, uncapped, capped, ...)
 of the same closed-loop load (zero-latency model) from two tenants on the same partition:

@@ -19,8 +19,10 @@ from streams.policies.budget import (
     OnExceed,
     SettleStatus,
     admit,
+    charge_held,
     expire_reservations,
     feature_key,
+    mark_sent,
     prune_windows,
     release,
     settle,
@@ -249,6 +251,39 @@ def test_release_drops_the_reservation() -> None:
     assert decision.action is BudgetAction.ADMIT
 
 
+def test_mark_sent_flags_only_an_open_unmarked_reservation() -> None:
+    _, ledger = admit(BudgetLedger(), NOON, req("r1", 400_000), CONFIG)
+    assert ledger.reservations["r1"].sent is False
+    marked = mark_sent(ledger, "r1")
+    assert marked.reservations["r1"].sent is True
+    assert ledger.reservations["r1"].sent is False  # the input is not modified
+    assert marked.windows == ledger.windows  # nothing spent or reserved by marking
+    assert mark_sent(marked, "r1") is marked  # already marked: nothing to write
+    assert mark_sent(marked, "r2") is marked  # no reservation: nothing to write
+
+
+@pytest.mark.parametrize(("sent", "spent"), [(True, 400_000), (False, 0)])
+def test_a_held_reservation_is_charged_only_if_its_attempt_was_sent(sent: bool, spent: int) -> None:
+    """A worker dies with r1 reserved (sent to the provider or still queued); its successor
+    restores the ledger from the changelog, re-reads r1 and closes the old reservation:
+    an attempt that was sent may have been paid, one never sent cost nothing."""
+    clock = ManualClock(NOON)
+    _, ledger = admit(BudgetLedger(), clock.now_ms(), req("r1", 400_000), CONFIG)
+    if sent:
+        ledger = mark_sent(ledger, "r1")
+    restored = BudgetLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
+    clock.advance(30_000)  # the successor takes over
+    charged = charge_held(restored, "r1")
+    assert charged.reservations == {}
+    assert {k: (w.spent, w.reserved) for k, w in charged.windows.items()} == {
+        k: (spent, 0) for k in ledger.windows
+    }
+    assert charge_held(charged, "r1") == charged  # nothing held any more
+    decision, charged = admit(charged, clock.now_ms(), req("r1", 400_000), CONFIG)
+    assert decision.action is BudgetAction.ADMIT and not decision.duplicate  # reserved anew
+    assert committed(charged, DAY_KEY) == spent + 400_000
+
+
 def test_expire_drops_only_stale_reservations() -> None:
     clock = ManualClock(NOON)
     _, ledger = admit(BudgetLedger(), clock.now_ms(), req("old", 400_000), CONFIG)
@@ -347,10 +382,24 @@ def test_ledger_survives_a_json_round_trip() -> None:
     _, ledger = admit(ledger, NOON, req("r1", 600_000), CONFIG)
     _, ledger = admit(ledger, NOON, req("r2", 100_000), CONFIG)
     _, ledger = settle(ledger, NOON, "r2", 90_000)
+    ledger = mark_sent(ledger, "r1")
     restored = BudgetLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
     assert restored == ledger
+    assert restored.reservations["r1"].sent is True
     probe = req("r3", 310_001)  # 600_000 + 90_000 + 310_001 > 1 $
     assert admit(restored, NOON, probe, CONFIG)[0].action is BudgetAction.REJECT
+
+
+def test_a_ledger_stored_before_the_sent_mark_loads_as_not_sent() -> None:
+    legacy = {
+        "windows": {DAY_KEY: [0, 600_000, MIDNIGHT, 0.5]},
+        "reservations": {"r1": [600_000, "big", [DAY_KEY], NOON]},
+        "settled": {},
+    }
+    ledger = BudgetLedger.from_dict(legacy)
+    assert ledger.reservations["r1"].sent is False
+    assert ledger.reservations["r1"].amount == 600_000
+    assert charge_held(ledger, "r1").windows[DAY_KEY].spent == 0  # released, not charged
 
 
 def test_usage_view_shows_spent_cap_and_percent_per_window() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from streams.policies.provider_cap import (
     charge_held,
     day_key,
     estimates_by_provider,
+    mark_sent,
     settle,
     table_key,
     usage_row,
@@ -122,31 +124,73 @@ def test_every_capped_provider_on_the_route_reserves_all_or_nothing() -> None:
     assert ledgers["anthropic"].windows[day_key("anthropic", NOON, TZ)].spent == 6
 
 
-def test_a_held_reservation_is_charged_in_full_then_reserved_anew() -> None:
-    """A request read again while its earlier attempt's reservation is open (the worker
-    died mid-call): the earlier attempt may have been paid, so it counts as spent."""
+def test_mark_sent_changes_only_the_ledgers_holding_an_unmarked_reservation() -> None:
     ledgers: dict[str, BudgetLedger] = {}
-    ask(ledgers, NOON, "r1", 60)
-    ask(ledgers, NOON, "r2", 10)
+    ledgers.update(admit(ledgers, NOON, 3, "r1", {"openai": 50, "anthropic": 8}, CONFIG).ledgers)
+    ask(ledgers, NOON, "r2", 10)  # openai only
+    marked = mark_sent(ledgers, "r2")
+    assert set(marked) == {"openai"}
+    assert marked["openai"].reservations["r2"].sent is True
+    assert marked["openai"].reservations["r1"].sent is False
+    ledgers.update(marked)
+    assert mark_sent(ledgers, "r2") == {}  # already marked: nothing to write
+    assert mark_sent(ledgers, "r9") == {}  # no reservation: nothing to write
+    assert set(mark_sent(ledgers, "r1")) == {"openai", "anthropic"}
+
+
+def restored(ledgers: dict[str, BudgetLedger]) -> dict[str, BudgetLedger]:
+    """The rows as a successor restores them from the changelog (JSON)."""
+    return {
+        p: BudgetLedger.from_dict(json.loads(json.dumps(x.to_dict()))) for p, x in ledgers.items()
+    }
+
+
+@pytest.mark.parametrize(("sent", "spent"), [(True, 60), (False, 0)])
+def test_a_held_reservation_is_charged_if_sent_else_released_then_reserved_anew(
+    sent: bool, spent: int
+) -> None:
+    """A request read again while its earlier attempt's reservation is open (its worker
+    died): an attempt sent to the provider may have been paid, so its reservation counts
+    as spent; one still queued cost nothing, so its reservation is released."""
+    clock = ManualClock(NOON)
+    ledgers: dict[str, BudgetLedger] = {}
+    ask(ledgers, clock.now_ms(), "r1", 60)
+    ask(ledgers, clock.now_ms(), "r2", 10)
+    if sent:
+        ledgers.update(mark_sent(ledgers, "r1"))
+    ledgers = restored(ledgers)
+    clock.advance(30_000)  # the successor re-reads r1
     charged = charge_held(ledgers, "r1")
     assert set(charged) == {"openai"}
     ledgers.update(charged)
     usage = ledgers["openai"].windows[day_key("openai", NOON, TZ)]
-    assert (usage.spent, usage.reserved) == (60, 10)
+    assert (usage.spent, usage.reserved) == (spent, 10)
     assert "r1" not in ledgers["openai"].reservations
     assert charge_held(ledgers, "r1") == {}  # nothing held any more
-    assert ask(ledgers, NOON, "r1", 60).refused is not None  # 60 + 10 + 60 > 100
-    assert ask(ledgers, NOON, "r1", 30).refused is None  # the retry's own reservation
-    ledgers.update(settle(ledgers, NOON, "r1", "openai", 25))
+    retry = 90 - spent  # exactly what is left of the share of 100
+    assert ask(ledgers, clock.now_ms(), "r1", retry + 1).refused is not None
+    assert ask(ledgers, clock.now_ms(), "r1", retry).refused is None  # the retry's own
+    ledgers.update(settle(ledgers, clock.now_ms(), "r1", "openai", 25))
     usage = ledgers["openai"].windows[day_key("openai", NOON, TZ)]
-    assert (usage.spent, usage.reserved) == (85, 10)  # both attempts counted
+    assert (usage.spent, usage.reserved) == (spent + 25, 10)
 
 
-def test_charging_a_tenant_reservation_spends_it_in_every_window() -> None:
+def test_provider_rows_stored_before_the_sent_mark_load_as_not_sent() -> None:
+    ledgers: dict[str, BudgetLedger] = {}
+    ask(ledgers, NOON, "r1", 60)
+    legacy = ledgers["openai"].to_dict()
+    legacy["reservations"] = {rid: r[:4] for rid, r in legacy["reservations"].items()}
+    ledgers = {"openai": BudgetLedger.from_dict(legacy)}
+    assert ledgers["openai"].reservations["r1"].sent is False
+    ledgers.update(charge_held(ledgers, "r1"))
+    assert committed(ledgers["openai"], "openai", NOON) == 0  # released
+
+
+def test_charging_a_sent_tenant_reservation_spends_it_in_every_window() -> None:
     config = LedgerConfig({"acme": BudgetConfig(daily_cap_micros=1_000)}, tz=TZ)
     request = BudgetRequest("r1", "acme", "chat", "openai", "m", 400)
     _, ledger = budget.admit(BudgetLedger(), NOON, request, config)
-    charged = budget.charge_held(ledger, "r1")
+    charged = budget.charge_held(budget.mark_sent(ledger, "r1"), "r1")
     assert charged.reservations == {}
     assert {k: (w.spent, w.reserved) for k, w in charged.windows.items()} == {
         k: (400, 0) for k in ledger.windows
