@@ -428,7 +428,7 @@ async def test_critical_intake_is_not_held_up_by_a_paused_low_backlog(
 ) -> None:
     """Two high requests go to sim-small, allowed one call at a time and answering in 12 s:
     one waits in the queue, so normal and low intake stay paused (urgent work waits). 300
-    low requests then arrive: far more than the low intake buffer holds. Then 5 critical
+    low requests then arrive and wait in Kafka behind the paused low intake. Then 5 critical
     requests arrive for the fast model, which has free slots. Asserted: every critical
     request completes within 5 s of being published (a call takes 200 ms) -- a paused
     priority's backlog must not block the intake of the others."""
@@ -457,7 +457,7 @@ async def test_critical_intake_is_not_held_up_by_a_paused_low_backlog(
                 "low intake to pause behind the waiting high request",
             )
             await _publish(client, lows)
-            await asyncio.sleep(2)  # the low intake buffer fills up
+            await asyncio.sleep(2)  # the low records reach the broker and the fetcher
             published = time.time()
             await _publish(client, urgent)
             got = await seen.wait_all(_ids(urgent), timeout=60, workers=[worker])

@@ -583,3 +583,53 @@ async def test_a_route_whose_primary_is_an_anthropic_provider_works_end_to_end(
         ).json()
         assert seen["seen"] == 1
     assert model_counts(simulator, model)["by_status"] == {"200": 5}
+
+
+# -- deadlines: a call cut short by its request's deadline says nothing about the provider ---
+
+
+async def test_timeouts_cut_short_by_request_deadlines_do_not_open_the_breaker(
+    make_stack: Callable[..., Stack], simulator: Simulator
+) -> None:
+    """A healthy model that answers in 1.5 s gets 20 requests whose deadlines are 0.6 s away:
+    each call is given only the time left, and times out. Those timeouts end the requests as
+    shed/deadline_expired, but they are not provider failures: the breaker (5 calls minimum)
+    stays closed, and a request with time to wait is answered ok by that model."""
+    model = unique("slow")
+    simulator.set_model(model, latency_ms=1_500)
+
+    def customize(config: dict[str, Any]) -> None:
+        config["providers"]["sim"]["models"][model] = PRICES
+        config["routes"]["patient"] = {"primary": f"sim/{model}"}
+        config["resilience"] = {"breaker": dict(BREAKER), "retry": {"max_attempts": 1}}
+        add_tenant_t6(config)
+
+    stack = make_stack(customize)
+    worker = stack.start_worker()
+    try:
+        async with (
+            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
+            Collector(client) as got,
+        ):
+            load = await offer_load(
+                client, lambda i: chat("patient", i, deadline_s=0.6), rate=5, duration_s=4
+            )
+            await got.wait_for(load.acked, timeout=60)
+            rushed_calls = model_counts(simulator, model)["received"]
+            patient_request = chat("patient", 1_000, deadline_s=30)
+            await client.publish_record(patient_request)
+            patient = await client.wait_for(patient_request["request_id"], timeout=60)
+        transitions = breaker_transitions(worker, f"sim/{model}")
+        state = (worker.status() or {}).get("breakers", {}).get(f"sim/{model}")
+    finally:
+        clear_faults(simulator, model)
+        simulator.set_model(model, latency_ms=0)
+
+    assert not load.errors and got.missing(load.acked) == set()
+    rushed = [got.first[rid] for rid in load.acked]
+    statuses = Counter((r.status, r.reason) for r in rushed)
+    print(f"deadline-cut timeouts: {rushed_calls} calls, {dict(statuses)}, {transitions}")
+    assert set(statuses) == {("shed", "deadline_expired")}, statuses
+    assert rushed_calls >= BREAKER["minimum_calls"], "too few calls reached the model to tell"
+    assert transitions == [] and state == "closed", (transitions, state)
+    assert (patient.status, patient.model) == ("ok", model), patient
