@@ -25,6 +25,8 @@ from connectors.providers.base import ChatCall, ChatResult, StreamChunk
 from connectors.providers.errors import ProviderError, UnavailableError
 from connectors.providers.transport import (
     TRANSPORT_ERRORS,
+    AiohttpPoolTransport,
+    Endpoint,
     as_int,
     decode_json,
     error_from_response,
@@ -76,7 +78,6 @@ class AnthropicProvider:
         self.timeout_s = timeout_s
         self.default_max_tokens = default_max_tokens
         self._key = api_key
-        self._path = "messages" if base_url.rstrip("/").endswith("/v1") else "v1/messages"
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
@@ -84,7 +85,10 @@ class AnthropicProvider:
         }
         if api_key:
             headers["x-api-key"] = api_key
-        self._client = make_client(base_url, max_connections, headers)
+        transport = AiohttpPoolTransport(max_connections)
+        self._client = make_client(base_url, transport, headers)
+        path = "messages" if base_url.rstrip("/").endswith("/v1") else "v1/messages"
+        self._messages = Endpoint(self._client, transport, path)
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
@@ -94,8 +98,8 @@ class AnthropicProvider:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._client.post(
-                    self._path, content=self._body(call, stream=False), headers=_ids(call)
+                response = await self._messages.send(
+                    self._messages.request(self._body(call, stream=False), _ids(call))
                 )
         except TRANSPORT_ERRORS as exc:
             raise self._translate(exc, call, timeout_s) from exc
@@ -110,17 +114,15 @@ class AnthropicProvider:
 
     async def stream(self, call: ChatCall) -> AsyncIterator[StreamChunk]:
         timeout_s = call.timeout_s or self.timeout_s
-        request = self._client.build_request(
-            "POST",
-            self._path,
-            content=self._body(call, stream=True),
-            headers={**_ids(call), "accept": "text/event-stream"},
-            timeout=httpx.Timeout(timeout_s),
+        request = self._messages.request(
+            self._body(call, stream=True),
+            {**_ids(call), "accept": "text/event-stream"},
+            httpx.Timeout(timeout_s),
         )
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._client.send(request, stream=True)
+                response = await self._messages.send(request, stream=True)
         except TRANSPORT_ERRORS as exc:
             raise self._translate(exc, call, timeout_s) from exc
         try:

@@ -23,6 +23,8 @@ from connectors.providers.base import ChatCall, ChatResult, StreamChunk
 from connectors.providers.errors import ProviderError, UnavailableError
 from connectors.providers.transport import (
     TRANSPORT_ERRORS,
+    AiohttpPoolTransport,
+    Endpoint,
     as_int,
     decode_json,
     error_from_response,
@@ -51,7 +53,9 @@ class OpenAICompatProvider:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        self._client = make_client(base_url, max_connections, headers)
+        transport = AiohttpPoolTransport(max_connections)
+        self._client = make_client(base_url, transport, headers)
+        self._completions = Endpoint(self._client, transport, "chat/completions")
 
     def __repr__(self) -> str:
         return f"OpenAICompatProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
@@ -61,8 +65,8 @@ class OpenAICompatProvider:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._client.post(
-                    "chat/completions", content=self._body(call, stream=False), headers=_ids(call)
+                response = await self._completions.send(
+                    self._completions.request(self._body(call, stream=False), _ids(call))
                 )
         except TRANSPORT_ERRORS as exc:
             raise self._translate(exc, call, timeout_s) from exc
@@ -77,17 +81,15 @@ class OpenAICompatProvider:
 
     async def stream(self, call: ChatCall) -> AsyncIterator[StreamChunk]:
         timeout_s = call.timeout_s or self.timeout_s
-        request = self._client.build_request(
-            "POST",
-            "chat/completions",
-            content=self._body(call, stream=True),
-            headers={**_ids(call), "accept": "text/event-stream"},
-            timeout=httpx.Timeout(timeout_s),
+        request = self._completions.request(
+            self._body(call, stream=True),
+            {**_ids(call), "accept": "text/event-stream"},
+            httpx.Timeout(timeout_s),
         )
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._client.send(request, stream=True)
+                response = await self._completions.send(request, stream=True)
         except TRANSPORT_ERRORS as exc:
             raise self._translate(exc, call, timeout_s) from exc
         try:

@@ -5,12 +5,15 @@
 Starts the simulator (0 latency) in a subprocess, then drives, from this one process, at
 ``--inflight`` concurrent requests:
 
-1. ``OpenAICompatProvider`` (httpx over the aiohttp transport, what the worker uses);
+1. ``OpenAICompatProvider`` (httpx requests sent by the connector's aiohttp-backed transport,
+   what the worker uses);
 2. the same calls through a plain ``httpx.AsyncClient`` with its default transport, for
    comparison (``--baseline-seconds 0`` skips it).
 
-Prints requests/s, client CPU microseconds per request, and the ratio between the two, and checks
-that the simulator counted exactly the requests the client completed.
+Prints requests/s, client CPU microseconds per request (this process's CPU time over the measured
+run divided by the requests completed; it includes the driving loop's own small share), and the
+ratio between the two, and checks that the simulator counted exactly the requests the client
+completed.
 """
 
 from __future__ import annotations
