@@ -374,7 +374,9 @@ def _pure_check_us(rounds: int = 2_000) -> tuple[float, float]:
     return out[0], out[1]
 
 
-@scenario("budget", "(l) Budget cap under 200 concurrent requests and a SIGKILL", order=55)
+@scenario(
+    "budget", "(l) Budget cap under 200 concurrent requests and a SIGKILL", order=55, full_only=True
+)
 def budget(ctx: Context) -> Result:
     result = Result()
     sim = ctx.simulator

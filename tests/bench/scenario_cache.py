@@ -185,7 +185,10 @@ def _outcome(record: dict[str, Any] | None) -> str:
 
 
 @scenario(
-    "cache", "(j) Response cache: hit rates, hit vs provider latency, single-flight", order=17
+    "cache",
+    "(j) Response cache: hit rates, hit vs provider latency, single-flight",
+    order=17,
+    full_only=True,
 )
 def response_cache(ctx: Context) -> Result:
     result = Result()

@@ -92,7 +92,12 @@ def ingress_config(stack_config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-@scenario("ingress", "(k) HTTP ingress overhead vs calling the simulator directly", order=22)
+@scenario(
+    "ingress",
+    "(k) HTTP ingress overhead vs calling the simulator directly",
+    order=22,
+    full_only=True,
+)
 def ingress_overhead(ctx: Context) -> Result:
     result = Result()
     stack = ctx.stack("single")

@@ -499,7 +499,9 @@ def wait_for_answers(ctx: Context, name: str, phase: Phase, deadline_s: float = 
 # -- (a) outage -----------------------------------------------------------------------------
 
 
-@scenario("outage", "(h1) Primary model outage (503s): breaker and fallback", order=70)
+@scenario(
+    "outage", "(h1) Primary model outage (503s): breaker and fallback", order=70, full_only=True
+)
 def outage(ctx: Context) -> Result:
     result = Result()
     before, down, after = ctx.pick(quick=(4.0, 10.0, 8.0), full=(15.0, 30.0, 20.0))
@@ -665,7 +667,12 @@ def retry_counts(calls: list[ProxiedCall]) -> tuple[int, int]:
     return len(per), sum(n - 1 for n in per.values())
 
 
-@scenario("storm429", "(h2) 429 storm with retry-after: honoured, retries within budget", order=71)
+@scenario(
+    "storm429",
+    "(h2) 429 storm with retry-after: honoured, retries within budget",
+    order=71,
+    full_only=True,
+)
 def storm429(ctx: Context) -> Result:
     result = Result()
     before, storm, after = ctx.pick(quick=(4.0, 10.0, 6.0), full=(10.0, 20.0, 15.0))
@@ -807,7 +814,12 @@ def _rpm_run(
     }
 
 
-@scenario("rpm5x", "(h3) Offered load at 5x the configured RPM, one and two workers", order=72)
+@scenario(
+    "rpm5x",
+    "(h3) Offered load at 5x the configured RPM, one and two workers",
+    order=72,
+    full_only=True,
+)
 def rpm5x(ctx: Context) -> Result:
     result = Result()
     seconds = ctx.pick(quick=13.0, full=90.0)
