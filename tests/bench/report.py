@@ -95,6 +95,10 @@ def all_checks(run: dict[str, Any]) -> list[Check]:
     ]
 
 
+def _bound(check: Check) -> str:
+    return f"{'<=' if check.lower_is_better else '>='} {fmt(check.limit, check.unit)}"
+
+
 def print_summary(run: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     table = RichTable(title=f"Sluicegate benchmark ({run['mode']}, {run['date']})")
@@ -111,7 +115,7 @@ def print_summary(run: dict[str, Any], console: Console | None = None) -> None:
     for c in all_checks(run):
         style = {True: "green", False: "red", None: "yellow"}[c.met]
         targets.add_row(
-            c.name, fmt(c.value, c.unit), f"<= {fmt(c.limit, c.unit)}", f"[{style}]{c.verdict()}"
+            c.name, fmt(c.value, c.unit), _bound(c), f"[{style}]{c.verdict()}"
         )
     console.print(targets)
 
@@ -330,7 +334,7 @@ def write_markdown(run: dict[str, Any], path: Path, charts: dict[str, str], stem
         md_table(
             ["target", "measured", "limit", "verdict"],
             [
-                [c.name, fmt(c.value, c.unit), f"<= {fmt(c.limit, c.unit)}", c.verdict()]
+                [c.name, fmt(c.value, c.unit), _bound(c), c.verdict()]
                 for c in checks
             ],
         )

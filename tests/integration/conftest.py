@@ -75,7 +75,8 @@ class Simulator:
         return f"http://127.0.0.1:{self.port}"
 
     def counts(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/admin/counts", timeout=5).json()
+        counts: dict[str, Any] = httpx.get(f"{self.url}/admin/counts", timeout=5).json()
+        return counts
 
     def reset(self) -> None:
         """Counters to zero, no faults, every model back to the default profile."""
