@@ -423,6 +423,17 @@ class Gateway:
         self.tenant_state[request["tenant"]] = state.to_dict()
         # The providers' caps: spend on the provider that answered, release the others
         # (the capped providers of its route, as reserved by _admit).
+        rows, ledgers = self._route_cap_ledgers(job)
+        settled = provider_cap.settle(
+            ledgers, now, request["request_id"], outcome.provider, outcome.cost_micros
+        )
+        for p, ledger in settled.items():
+            self.tenant_state[rows[p]] = ledger.to_dict()
+        job.admitted = None
+
+    def _route_cap_ledgers(self, job: Job) -> tuple[dict[str, str], dict[str, BudgetLedger]]:
+        """The provider-cap rows of the job's route on its partition (provider -> table
+        key), and the ledgers stored in them."""
         assert job.route is not None
         capped = self.config.provider_caps.daily_caps_micros
         rows = {
@@ -435,12 +446,7 @@ class Gateway:
             for p, key in rows.items()
             if (data := self.tenant_state.get(key)) is not None
         }
-        settled = provider_cap.settle(
-            ledgers, now, request["request_id"], outcome.provider, outcome.cost_micros
-        )
-        for p, ledger in settled.items():
-            self.tenant_state[rows[p]] = ledger.to_dict()
-        job.admitted = None
+        return rows, ledgers
 
     def _durable_set(self, key: str, value: Any, waits: list[Any]) -> None:
         """A tenant-state write whose changelog delivery can be awaited: the table's own
@@ -466,18 +472,7 @@ class Gateway:
             ledger = budget.mark_sent(state.ledger, request_id)
             if ledger is not state.ledger:
                 self._durable_set(tenant, replace(state, ledger=ledger).to_dict(), waits)
-        assert job.route is not None
-        capped = self.config.provider_caps.daily_caps_micros
-        rows = {
-            r.provider: provider_cap.table_key(r.provider, job.source.partition)
-            for r in job.route.models
-            if r.provider in capped
-        }
-        ledgers = {
-            p: BudgetLedger.from_dict(data)
-            for p, key in rows.items()
-            if (data := self.tenant_state.get(key)) is not None
-        }
+        rows, ledgers = self._route_cap_ledgers(job)
         for p, marked in provider_cap.mark_sent(ledgers, request_id).items():
             self._durable_set(rows[p], marked.to_dict(), waits)
         return waits
