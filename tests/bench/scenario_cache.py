@@ -1,8 +1,9 @@
 """(j) Response cache: hit rates, cache-hit vs provider latency, CPU per hit, single-flight.
 
 A stack of its own whose route ``chat`` has the semantic cache on (the product's default
-threshold), one worker, the shared zero-latency simulator: every latency difference is the
-gateway's own. All requests are cacheable (temperature 0, ``cache_mode=default``).
+threshold), one worker, the shared simulator; during the mixed workload its model answers in
+200 ms (a quick real model), so the provider path is what a cache hit saves. All requests
+are cacheable (temperature 0, ``cache_mode=default``).
 
 1. Seed: every tenant (4) asks the original of each paraphrase pair once.
 2. Mixed workload, open loop at a fixed 20 req/s (a tenth of the cache-miss path's
@@ -25,13 +26,11 @@ gateway's own. All requests are cacheable (temperature 0, ``cache_mode=default``
 from __future__ import annotations
 
 import random
-import shutil
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import registry
 from streams.policies.cache_policy import DEFAULT_SEMANTIC_THRESHOLD
 from tests.bench.framework import Context, Result, scenario
 from tests.bench.harness import PRIMARY_MODEL, TENANTS, Stack, memory_kb, wait_quiet
@@ -43,7 +42,6 @@ from tests.bench.loadgen import (
     cpu_meter,
     new_histogram,
     percentiles,
-    request_record,
 )
 from tests.bench.measure import require_answers, statuses_text
 from tests.bench.scenario_overload import _responses as read_responses
@@ -53,6 +51,7 @@ REPEAT_LAG_S = 1.0  # an exact repeat refers to a prompt sent at least this long
 CACHE_TENANTS = TENANTS[:4]
 SINGLE_FLIGHT_REQUESTS = 50
 SINGLE_FLIGHT_LATENCY_MS = 300  # the provider call the 49 others wait behind
+MIXED_PROVIDER_LATENCY_MS = 200  # a quick real model; hits are compared with this path
 HIT_P99_MAX_SHARE = 0.5  # "well below": hit p99 at most half the provider path's p99
 HIT_RATE_TARGET_PCT = 99.0
 SEMANTIC_HIT_RATE_TARGET_PCT = 95.0
@@ -102,25 +101,14 @@ class ScriptedTarget(KafkaTarget):
         for i, item in enumerate(planned):
             self.script[first + i] = item
 
-    def send(self, seq: int, when_ns: int, priority: str, shape: RequestShape) -> None:
+    def make_record(
+        self, seq: int, when_ns: int, priority: str, shape: RequestShape
+    ) -> dict[str, Any]:
         planned = self.script[seq]
-        record = request_record(self.ledger, seq, when_ns, priority, shape)
+        record = super().make_record(seq, when_ns, priority, shape)
         record["tenant"] = planned.tenant
         record["messages"] = [{"role": "user", "content": planned.text, "name": None}]
-        value = registry.encode(registry.CHAT_REQUEST, record)
-        headers = [("sg-request-id", record["request_id"].encode())]
-        while True:
-            try:
-                self.producer.produce(
-                    f"{self.prefix}.requests.{priority}",
-                    value,
-                    planned.tenant.encode(),
-                    headers=headers,
-                    on_delivery=self._delivered(seq),
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.01)
+        return record
 
     def run_script(self, planned: list[Planned], schedule: Schedule) -> Phase:
         """Send ``planned`` on ``schedule`` (which must have exactly as many arrivals)."""
@@ -200,7 +188,7 @@ def response_cache(ctx: Context) -> Result:
         with ctx.step("cache: starting a worker with the semantic cache on", seconds=10):
             stack.start_worker("w1")
             stack.wait_balanced()
-        ctx._healthy(stack)  # the framework's start-up check (cache bypassed: nothing stored)
+        ctx.ensure_healthy(stack)  # its requests bypass the cache: nothing is stored
         target = ScriptedTarget(stack.bootstrap, stack.prefix)
         rng = random.Random(17)
         seed = seed_plan()
@@ -217,9 +205,7 @@ def response_cache(ctx: Context) -> Result:
         if target is not None:
             target.close()
         sim.set_model(PRIMARY_MODEL, latency_ms=0, max_concurrency=0)
-        stack.stop()
-        stack.delete_topics()
-        shutil.rmtree(stack.directory, ignore_errors=True)  # RocksDB files; logs stay
+        stack.remove()
     return result
 
 
@@ -235,12 +221,16 @@ def _mixed(
     count = int(RATE * seconds)
     plan = mixed_plan(rng, count, uuid.uuid4().hex[:6], seed)
     workers = [w.pid for w in stack.live_workers()]
-    with ctx.step(f"cache: mixed workload, {RATE:.0f} req/s for {seconds:g} s", seconds + 1):
-        meter = cpu_meter(workers)
-        phase = target.run_script(plan, Schedule.constant(RATE, seconds))
-        phase.wait_answered(180)  # a worker saturated by embeddings works off a backlog
-        wait_quiet(workers)
-        use = meter()
+    ctx.simulator.set_model(PRIMARY_MODEL, latency_ms=MIXED_PROVIDER_LATENCY_MS)
+    try:
+        with ctx.step(f"cache: mixed workload, {RATE:.0f} req/s for {seconds:g} s", seconds + 1):
+            meter = cpu_meter(workers)
+            phase = target.run_script(plan, Schedule.constant(RATE, seconds))
+            phase.wait_answered(180)  # a worker saturated by embeddings works off a backlog
+            wait_quiet(workers)
+            use = meter()
+    finally:
+        ctx.simulator.set_model(PRIMARY_MODEL, latency_ms=0, max_concurrency=0)
     require_answers(stack, phase, "cache: mixed workload")
     answers = read_responses(stack, phase)
     by_kind: dict[str, list[int]] = {}
@@ -259,6 +249,9 @@ def _mixed(
     sent = {kind: len(seqs) for kind, seqs in by_kind.items()}
     exact_rate = 100 * outcomes[REPEAT]["cached/exact"] / max(1, sent[REPEAT])
     semantic_rate = 100 * outcomes[PARAPHRASE]["cached/semantic"] / max(1, sent[PARAPHRASE])
+    # A paraphrase asked a second time is an exact hit: answered from the cache all the same.
+    paraphrase_cached = sum(n for o, n in outcomes[PARAPHRASE].items() if o.startswith("cached/"))
+    paraphrase_rate = 100 * paraphrase_cached / max(1, sent[PARAPHRASE])
     hits = [s for o, seqs in by_outcome.items() if o.startswith("cached/") for s in seqs]
     overall = 100 * len(hits) / max(1, phase.sent)
     hit_latency = _latency(phase, hits)
@@ -321,8 +314,8 @@ def _mixed(
         lower_is_better=False,
     )
     result.check(
-        "paraphrases answered from the semantic cache",
-        semantic_rate,
+        "paraphrases answered from the cache (by meaning, or exactly when asked before)",
+        paraphrase_rate,
         SEMANTIC_HIT_RATE_TARGET_PCT,
         "%",
         lower_is_better=False,

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import httpx
 import pytest
+import yarl
 from aiohttp import web
 
 from connectors.providers import (
@@ -194,3 +195,16 @@ async def test_connectors_and_endpoints_do_not_show_the_key() -> None:
     for provider in providers:
         await provider.aclose()
     await client.aclose()
+
+
+def test_the_proxy_comes_from_the_environment_once_per_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "local.example")
+    transport = AiohttpPoolTransport(max_connections=1)
+    assert transport._proxy(yarl.URL("https://api.example.com/v1")) == "http://proxy.internal:3128"
+    assert transport._proxy(yarl.URL("https://local.example/v1")) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://other:1")
+    # looked up once: a worker does not read the environment on every call
+    assert transport._proxy(yarl.URL("https://api.example.com/v2")) == "http://proxy.internal:3128"
