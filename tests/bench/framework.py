@@ -291,11 +291,20 @@ class Context:
                 with self.step(f"starting stack {name!r}: worker {i + 1}", seconds=10):
                     stack.start_worker(f"w{i + 1}")
                     stack.wait_balanced()
-                self._healthy(stack)
+                self.ensure_healthy(stack)
         return self._stacks[name]
 
-    def _healthy(self, stack: Stack, attempts: int = 3) -> None:
-        """Send a first batch of requests; restart workers whose log shows they are broken.
+    def ensure_healthy(
+        self,
+        stack: Stack,
+        target: KafkaTarget | None = None,
+        rate: float = 100.0,
+        before_each: Callable[[], None] = lambda: None,
+        attempts: int = 3,
+    ) -> None:
+        """Send first requests (one second at ``rate``) through ``target``, by default the
+        stack's ``kafka`` target; restart the workers whose log shows they are broken, or all
+        of them when the requests were not answered. ``before_each`` runs before each try.
 
         Works around a worker start-up race (reported as an incident each time it happens):
         Faust creates the tables' changelog topics while starting, the consumer's metadata
@@ -304,8 +313,9 @@ class Context:
         from tests.bench.loadgen import Schedule
 
         for attempt in range(1, attempts + 1):
+            before_each()
             with self.step(f"stack {stack.name!r}: first requests", seconds=2):
-                phase = self.kafka(stack).run(Schedule.constant(100, 1.0))
+                phase = (target or self.kafka(stack)).run(Schedule.constant(rate, 1.0))
                 answered = phase.wait_answered(timeout=15, stall_s=6)
                 time.sleep(0.5)  # let the usage agent take its share
             broken = [w for w in stack.workers if w.trouble()]
@@ -328,9 +338,7 @@ class Context:
             target = self._targets.pop(f"kafka:{stack.prefix}", None)
             if target is not None:
                 target.close()
-            stack.stop()
-            stack.delete_topics()
-            shutil.rmtree(stack.directory, ignore_errors=True)
+            stack.remove()
 
     def retire_all_stacks(self) -> None:
         """After a failed scenario: the next one starts from fresh workers."""

@@ -17,8 +17,8 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +31,7 @@ from typing import Any
 
 from streams.config import PRIORITIES, parse_config
 from streams.topics import admin_client, ensure_sluicegate_topics
-from tests.integration.conftest import to_toml
+from tests.integration.conftest import free_port, to_toml, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -43,12 +43,6 @@ MODEL = "chat"  # the route requests name
 # PartitionsMismatch; the agent crashes, its buffer fills and the worker stops consuming.
 TROUBLE_SIGNS = ("not found in cluster metadata", "Crashed reason=")
 PRIMARY_MODEL = "sim-large"  # what the route calls first (and the direct path calls)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -113,16 +107,6 @@ def post_json(url: str, body: dict[str, Any] | None = None, method: str = "POST"
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read() or b"null")
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def _clean_env() -> dict[str, str]:
@@ -384,6 +368,12 @@ class Stack:
         fresh = self.start_worker(worker.name)
         self.wait_balanced()
         return fresh
+
+    def remove(self) -> None:
+        """Stop the workers, delete the topics and the RocksDB files (the logs stay)."""
+        self.stop()
+        self.delete_topics()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def delete_topics(self) -> None:
         admin = admin_client(self.bootstrap)

@@ -459,8 +459,14 @@ class KafkaTarget(Target):
         self.reader = threading.Thread(target=self._read_loop, daemon=True)
         self.reader.start()
 
+    def make_record(
+        self, seq: int, when_ns: int, priority: str, shape: RequestShape
+    ) -> dict[str, Any]:
+        """The request record ``send`` produces; subclasses change its tenant, model ..."""
+        return request_record(self.ledger, seq, when_ns, priority, shape)
+
     def send(self, seq: int, when_ns: int, priority: str, shape: RequestShape) -> None:
-        record = request_record(self.ledger, seq, when_ns, priority, shape)
+        record = self.make_record(seq, when_ns, priority, shape)
         value = registry.encode(registry.CHAT_REQUEST, record)
         key = record["tenant"].encode()
         headers = [("sg-request-id", record["request_id"].encode())]

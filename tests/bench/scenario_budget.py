@@ -31,7 +31,6 @@ bench process.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import threading
 import time
@@ -49,8 +48,9 @@ from streams.policies import admission, provider_cap
 from streams.policies.admission import AdmissionConfig, AdmissionRequest, TenantPolicy
 from streams.policies.budget import BudgetConfig, BudgetLedger
 from tests.bench.framework import Context, Result, Spread, interleave, scenario
-from tests.bench.harness import PARTITIONS, Simulator, Stack, Worker, get_json, wait_until
+from tests.bench.harness import PARTITIONS, Simulator, Stack, Worker, get_json
 from tests.bench.loadgen import new_histogram, percentiles
+from tests.integration.conftest import wait_until
 
 CAP_MICROS = 1_000_000  # tenant A's daily cap: $1.00
 PROVIDER_CAP_USD = 800.0  # provider sim: $100 per partition (8 partitions)
@@ -388,7 +388,7 @@ def budget(ctx: Context) -> Result:
             with ctx.step(f"budget: starting worker {i + 1} of 2", seconds=10):
                 stack.start_worker(f"w{i + 1}")
                 stack.wait_balanced()
-        ctx._healthy(stack)  # the framework's start-up check (see Context._healthy)
+        ctx.ensure_healthy(stack)
         driver = Driver(stack.bootstrap, stack.prefix)
         _latency_cost(ctx, driver, result)
         _capped_run_with_kill(ctx, stack, sim, driver, result)
@@ -397,9 +397,7 @@ def budget(ctx: Context) -> Result:
         if driver is not None:
             driver.close()
         sim.set_model(PRICED, latency_ms=0)
-        stack.stop()
-        stack.delete_topics()
-        shutil.rmtree(stack.directory, ignore_errors=True)  # RocksDB files; logs stay
+        stack.remove()
     return result
 
 

@@ -29,10 +29,10 @@ from typing import Any
 
 from connectors.ingress.auth import hash_key
 from tests.bench.framework import Context, Result, Spread, interleave, scenario
-from tests.bench.harness import MODEL, TENANTS, Stack, free_port, get_json, wait_until
+from tests.bench.harness import MODEL, TENANTS, Stack, get_json
 from tests.bench.loadgen import HttpTarget, RequestShape, Schedule
 from tests.bench.measure import LatencyRound, merged, open_loop_round, round_json, spread_text
-from tests.integration.conftest import to_toml
+from tests.integration.conftest import free_port, to_toml, wait_until
 
 LOAD = 0.2  # of one worker's saturation throughput
 MIN_ROUNDS = 5

@@ -20,7 +20,6 @@ with the defaults (up to 300 s) nothing expires and the low backlog is merely se
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -40,7 +39,6 @@ from tests.bench.loadgen import (
     Schedule,
     new_histogram,
     percentiles,
-    request_record,
 )
 from tests.bench.monitor import Monitor
 
@@ -58,23 +56,12 @@ DONE_CODES = {STATUS_CODE[s] for s in COMPLETED}
 class FiveTenantTarget(KafkaTarget):
     """The harness's Kafka load generator, with requests spread over five tenants."""
 
-    def send(self, seq: int, when_ns: int, priority: str, shape: RequestShape) -> None:
-        record = request_record(self.ledger, seq, when_ns, priority, shape)
+    def make_record(
+        self, seq: int, when_ns: int, priority: str, shape: RequestShape
+    ) -> dict[str, Any]:
+        record = super().make_record(seq, when_ns, priority, shape)
         record["tenant"] = FIVE_TENANTS[seq % len(FIVE_TENANTS)]
-        value = registry.encode(registry.CHAT_REQUEST, record)
-        headers = [("sg-request-id", record["request_id"].encode())]
-        while True:
-            try:
-                self.producer.produce(
-                    f"{self.prefix}.requests.{priority}",
-                    value,
-                    record["tenant"].encode(),
-                    headers=headers,
-                    on_delivery=self._delivered(seq),
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.01)
+        return record
 
 
 def _customize(config: dict[str, Any]) -> None:
@@ -158,9 +145,7 @@ def overload(ctx: Context) -> Result:
         if target is not None:
             target.close()
         sim.set_model(PRIMARY_MODEL, latency_ms=0, max_concurrency=0)
-        stack.stop()
-        stack.delete_topics()
-        shutil.rmtree(stack.directory, ignore_errors=True)  # RocksDB files; logs stay
+        stack.remove()
     return result
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 import time
 from collections import Counter, defaultdict
@@ -40,7 +39,6 @@ import aiohttp
 from aiohttp import web
 
 from connectors.simulator.counters import max_in_window
-from schemas import registry
 from tests.bench.framework import Context, Result, Timeline, scenario, sleep_until
 from tests.bench.harness import (
     MODEL,
@@ -48,12 +46,12 @@ from tests.bench.harness import (
     Simulator,
     Stack,
     Worker,
-    free_port,
     post_json,
     start_simulator,
 )
-from tests.bench.loadgen import KafkaTarget, Phase, RequestShape, Schedule, request_record
+from tests.bench.loadgen import KafkaTarget, Phase, RequestShape, Schedule
 from tests.bench.scenario_overload import _responses as read_responses
+from tests.integration.conftest import free_port
 
 FALLBACK_MODEL = "sim-small"
 PRIMARY = f"sim/{PRIMARY_MODEL}"  # how the worker names the model (breakers, limiters)
@@ -122,23 +120,12 @@ class RouteTarget(KafkaTarget):
 
     route = MODEL
 
-    def send(self, seq: int, when_ns: int, priority: str, shape: RequestShape) -> None:
-        record = request_record(self.ledger, seq, when_ns, priority, shape)
+    def make_record(
+        self, seq: int, when_ns: int, priority: str, shape: RequestShape
+    ) -> dict[str, Any]:
+        record = super().make_record(seq, when_ns, priority, shape)
         record["model"] = self.route
-        value = registry.encode(registry.CHAT_REQUEST, record)
-        headers = [("sg-request-id", record["request_id"].encode())]
-        while True:
-            try:
-                self.producer.produce(
-                    f"{self.prefix}.requests.{priority}",
-                    value,
-                    record["tenant"].encode(),
-                    headers=headers,
-                    on_delivery=self._delivered(seq),
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.01)
+        return record
 
 
 @contextmanager
@@ -177,9 +164,7 @@ def gateway(
     finally:
         if target is not None:
             target.close()
-        stack.stop()
-        stack.delete_topics()
-        shutil.rmtree(stack.directory, ignore_errors=True)  # RocksDB files; logs stay
+        stack.remove()
 
 
 def add_worker(ctx: Context, stack: Stack, target: RouteTarget) -> None:
@@ -192,32 +177,14 @@ def add_worker(ctx: Context, stack: Stack, target: RouteTarget) -> None:
 
 
 def _first_requests(
-    ctx: Context,
-    stack: Stack,
-    target: RouteTarget,
-    before_each: Callable[[], None],
-    attempts: int = 3,
+    ctx: Context, stack: Stack, target: RouteTarget, before_each: Callable[[], None]
 ) -> None:
-    """Like Context._healthy: a few requests (to route MODEL); workers whose log shows the
-    start-up race are restarted."""
-    for attempt in range(1, attempts + 1):
-        before_each()
-        route, target.route = target.route, MODEL
-        try:
-            with ctx.step(f"{stack.name}: first requests", seconds=2):
-                answered = target.run(Schedule.constant(10, 1.0)).wait_answered(15, stall_s=6)
-        finally:
-            target.route = route
-        broken = [w for w in stack.workers if w.trouble()]
-        if answered and not broken:
-            return
-        for worker in broken or list(stack.workers):
-            ctx.incidents.append(
-                f"stack {stack.name!r}, worker {worker.name}: restarted after its first requests "
-                f"(attempt {attempt}): {worker.trouble() or 'requests were not answered'}"
-            )
-            stack.restart_worker(worker)
-    raise RuntimeError(f"stack {stack.name!r} still broken after {attempts} restarts")
+    """``Context.ensure_healthy`` with a few requests (10/s) to route MODEL."""
+    route, target.route = target.route, MODEL
+    try:
+        ctx.ensure_healthy(stack, target, rate=10.0, before_each=before_each)
+    finally:
+        target.route = route
 
 
 class StatusWatch:

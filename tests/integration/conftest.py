@@ -4,6 +4,7 @@ group and RocksDB directory."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from connectors.client import ChatResponse, SluicegateClient
 from streams.config import parse_config
 from streams.topics import ensure_sluicegate_topics
 
@@ -36,6 +40,110 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: f
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.25
+) -> Any:
+    """Like ``wait_until`` for an async check, without blocking the event loop (a client
+    reads its responses on it)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Like ``wait_until`` in async tests: polls a plain condition without blocking the loop."""
+
+    async def check() -> Any:
+        return condition()
+
+    return await eventually(check, timeout, what, every)
+
+
+def chat_kwargs(prompt: str, tenant: str = "t1", priority: str = "normal") -> dict[str, Any]:
+    """Keyword arguments for ``SluicegateClient.complete``/``publish``: a short, cacheable
+    (temperature 0) question to route ``chat``."""
+    return {
+        "tenant": tenant,
+        "priority": priority,
+        "model": "chat",
+        "temperature": 0.0,
+        "max_tokens": 60,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+
+
+class Collector:
+    """Every response on the client's reply topic, duplicates included, from now on."""
+
+    def __init__(self, client: SluicegateClient) -> None:
+        self.client = client
+        self.responses: list[ChatResponse] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Collector:
+        async def read() -> None:
+            async for response in self.client.responses(duplicates=True):
+                self.responses.append(response)
+
+        self._task = asyncio.create_task(read())
+        await asyncio.sleep(0)  # the listener is registered before anything is published
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    @property
+    def first(self) -> dict[str, ChatResponse]:
+        """The first response to each request, by request id."""
+        out: dict[str, ChatResponse] = {}
+        for response in self.responses:
+            out.setdefault(response.request_id, response)
+        return out
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in Counter(r.request_id for r in self.responses).values())
+
+    def missing(self, ids: Iterable[str]) -> set[str]:
+        return set(ids) - {r.request_id for r in self.responses}
+
+    def answered(self, ids: Iterable[str]) -> int:
+        """How many of ``ids`` have a response."""
+        seen = {r.request_id for r in self.responses}
+        return sum(1 for i in ids if i in seen)
+
+    async def wait_for(
+        self, ids: Iterable[str], timeout: float, workers: Iterable[Worker] = ()
+    ) -> dict[str, ChatResponse]:
+        """Until every one of ``ids`` has a response; then ``first``. A timeout names the
+        missing ids and the ``workers``' status."""
+        wanted = set(ids)
+        try:
+            await until(lambda: not self.missing(wanted), timeout, f"{len(wanted)} responses")
+        except AssertionError as exc:
+            statuses = {w.name: w.status() for w in workers}
+            missing = sorted(self.missing(wanted))
+            raise AssertionError(f"{exc}; missing {missing}; workers: {statuses}") from None
+        return self.first
+
+
+@asynccontextmanager
+async def client_and_collector(stack: Stack) -> AsyncIterator[tuple[SluicegateClient, Collector]]:
+    """A client of ``stack``'s gateway and a ``Collector`` of the responses it receives."""
+    async with (
+        SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
+        Collector(client) as collector,
+    ):
+        yield client, collector
 
 
 def free_port() -> int:

@@ -31,22 +31,22 @@ from streams.records import Outcome, response_record
 from streams.topics import ensure_sluicegate_topics
 from tests.integration.conftest import (
     ROOT,
+    Collector,
     Simulator,
     Stack,
     base_config,
     free_port,
+    until,
 )
 from tests.integration.test_resilience import (
     PRICES,
     TENANTS_BY_PARTITION,
-    Collector,
     Load,
     add_tenant_t6,
     chat,
     offer_load,
     run_outage,
     unique,
-    until,
 )
 
 

@@ -15,8 +15,7 @@ import itertools
 import json
 import shutil
 import subprocess
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import aiohttp
 import httpx
 
 from connectors.client import SluicegateClient
-from tests.integration.conftest import ROOT, Stack, Worker
+from tests.integration.conftest import ROOT, Stack, Worker, chat_kwargs, eventually
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACT = ROOT / "test-artifacts" / "dashboard.png"
@@ -146,19 +145,6 @@ class Browser:
             self.process.wait(10)
 
 
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.25
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def get_json(worker: Worker, path: str) -> Any:
     response = httpx.get(f"http://127.0.0.1:{worker.port}{path}", timeout=10)
     response.raise_for_status()
@@ -168,17 +154,6 @@ def get_json(worker: Worker, path: str) -> Any:
 def number(text: str) -> float:
     """A number as the page shows it: 1,234 / $0.001234 / 75.0%."""
     return float(text.replace(",", "").replace("$", "").replace("%", ""))
-
-
-def _ask(prompt: str, tenant: str, priority: str) -> dict[str, Any]:
-    return {
-        "tenant": tenant,
-        "priority": priority,
-        "model": "chat",
-        "temperature": 0.0,
-        "max_tokens": 60,
-        "messages": [{"role": "user", "content": prompt}],
-    }
 
 
 def _configure(config: dict[str, Any]) -> None:
@@ -218,7 +193,7 @@ async def test_dashboard_shows_the_workers_live_numbers_in_a_browser(
                 # which comes before the rate limit.
                 asked = [(t, p, f"{q} (wave {wave})" if t == "t3" else q) for t, p, q in traffic]
                 answers = await asyncio.gather(
-                    *(client.complete(timeout=60, **_ask(q, t, p)) for t, p, q in asked)
+                    *(client.complete(timeout=60, **chat_kwargs(q, t, p)) for t, p, q in asked)
                 )
                 statuses = {(t, r.status) for (t, _, _), r in zip(traffic, answers, strict=True)}
                 if wave == 0:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.client import SluicegateClient
-from tests.integration.conftest import Simulator, Stack, Worker
+from tests.integration.conftest import Simulator, Stack, Worker, chat_kwargs, eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -38,31 +37,6 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.25
-) -> Any:
-    """Like conftest.wait_until, without blocking the event loop (the client reads on it)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def _ask(prompt: str, tenant: str = "t1", priority: str = "normal") -> dict[str, Any]:
-    return {
-        "tenant": tenant,
-        "priority": priority,
-        "model": "chat",
-        "temperature": 0.0,
-        "max_tokens": 60,
-        "messages": [{"role": "user", "content": prompt}],
-    }
-
-
 def _budgeted(config: dict[str, Any]) -> None:
     config["tenants"]["t1"]["daily_budget_usd"] = 5.0
 
@@ -80,8 +54,10 @@ async def test_metrics_parse_and_counters_move_with_traffic(
 
     plan = [("critical", "one"), ("high", "two"), ("high", "three"), ("low", "four")]
     async with SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client:
-        first = await asyncio.gather(*(client.complete(**_ask(q, priority=p)) for p, q in plan))
-        again = await client.complete(**_ask("one", priority="normal"))  # a cache hit
+        first = await asyncio.gather(
+            *(client.complete(**chat_kwargs(q, priority=p)) for p, q in plan)
+        )
+        again = await client.complete(**chat_kwargs("one", priority="normal"))  # a cache hit
     assert [r.status for r in first] == ["ok"] * 4 and again.status == "cached"
 
     after = scrape(worker)
@@ -119,7 +95,8 @@ async def test_in_flight_and_consumer_lag_rise_under_slow_calls_and_drain(
     try:
         async with SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client:
             ids = [
-                await client.publish(**_ask(f"slow question {i}", tenant="t2")) for i in range(8)
+                await client.publish(**chat_kwargs(f"slow question {i}", tenant="t2"))
+                for i in range(8)
             ]
 
             async def busy() -> Samples | None:

@@ -22,7 +22,14 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, To
 
 from connectors.client import ChatResponse, SluicegateClient, build_request
 from schemas import registry
-from tests.integration.conftest import PARTITIONS, Simulator, Stack, Worker
+from tests.integration.conftest import (
+    PARTITIONS,
+    Simulator,
+    Stack,
+    Worker,
+    client_and_collector,
+    until,
+)
 
 PRIORITIES = ("critical", "high", "normal", "low")
 TENANTS = ("t1", "t2", "t3", "t4", "t5")
@@ -74,67 +81,6 @@ def _batch(
 
 async def _publish(client: SluicegateClient, requests: list[dict[str, Any]]) -> None:
     await asyncio.gather(*(client.publish_record(r) for r in requests))
-
-
-async def _until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll without blocking the event loop (the client's reader keeps running)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-class Responses:
-    """Every response on the reply topic (duplicates too), in arrival order."""
-
-    def __init__(self, client: SluicegateClient) -> None:
-        self.client = client
-        self.all: list[ChatResponse] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Responses:
-        async def record() -> None:
-            async for response in self.client.responses(duplicates=True):
-                self.all.append(response)
-
-        self._task = asyncio.create_task(record())
-        await asyncio.sleep(0)  # the listener is registered before anything is published
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    def first(self) -> dict[str, ChatResponse]:
-        out: dict[str, ChatResponse] = {}
-        for response in self.all:
-            out.setdefault(response.request_id, response)
-        return out
-
-    def answered(self, ids: Iterable[str]) -> int:
-        seen = {r.request_id for r in self.all}
-        return sum(1 for i in ids if i in seen)
-
-    async def wait_all(
-        self, ids: Iterable[str], timeout: float, workers: Iterable[Worker] = ()
-    ) -> dict[str, ChatResponse]:
-        wanted = set(ids)
-        try:
-            await _until(
-                lambda: wanted <= {r.request_id for r in self.all},
-                timeout,
-                f"{len(wanted)} responses",
-            )
-        except AssertionError as exc:
-            missing = sorted(wanted - {r.request_id for r in self.all})
-            statuses = {w.name: w.status() for w in workers}
-            raise AssertionError(f"{exc}; missing {missing}; workers: {statuses}") from None
-        return self.first()
 
 
 def _completion_order(responses: Iterable[ChatResponse]) -> list[ChatResponse]:
@@ -221,13 +167,10 @@ async def test_higher_priorities_complete_first_under_a_backlog(
         stack.start_worker()
         batches = {p: _batch(p, 5) for p in reversed(PRIORITIES)}  # low first
         ids = [i for b in batches.values() for i in _ids(b)]
-        async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Responses(client) as seen,
-        ):
+        async with client_and_collector(stack) as (client, seen):
             for batch in batches.values():
                 await _publish(client, batch)
-            got = await seen.wait_all(ids, timeout=90)
+            got = await seen.wait_for(ids, timeout=90)
     finally:
         simulator.reset()
     assert Counter(r.status for r in got.values()) == {"ok": len(ids)}
@@ -266,20 +209,17 @@ async def test_a_small_tenant_is_served_promptly_behind_another_tenants_flood(
         worker = stack.start_worker()
         flood = [_request("t1", "normal", f"flood {i}") for i in range(100)]
         small = [_request("t2", "normal", f"small {i}") for i in range(5)]
-        async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Responses(client) as seen,
-        ):
+        async with client_and_collector(stack) as (client, seen):
             await _publish(client, flood)
-            await _until(
+            await until(
                 lambda: (worker.status() or {}).get("queued", 0) >= 80,
                 30,
                 "the flood to be queued",
             )
             published_ms = int(time.time() * 1000)
             await _publish(client, small)
-            await seen.wait_all(_ids(small), timeout=60)
-            got = seen.first()
+            await seen.wait_for(_ids(small), timeout=60)
+            got = seen.first
             t1_waiting = 100 - seen.answered(_ids(flood))
     finally:
         simulator.reset()
@@ -311,14 +251,11 @@ async def test_requests_whose_deadline_passes_while_waiting_are_shed_and_never_s
         backlog = [_request("t1", "normal", f"backlog {i}") for i in range(20)]
         doomed = [_request("t1", "normal", "3s", deadline_ms=now + 3_000) for _ in range(10)]
         urgent = _batch("high", 30)
-        async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Responses(client) as seen,
-        ):
+        async with client_and_collector(stack) as (client, seen):
             await _publish(client, backlog)
             await _publish(client, doomed)
             await _publish(client, urgent)
-            await _until(
+            await until(
                 lambda: "normal" in (worker.status() or {}).get("paused", []),
                 10,
                 "normal intake to pause behind the high backlog",
@@ -327,7 +264,7 @@ async def test_requests_whose_deadline_passes_while_waiting_are_shed_and_never_s
             late = [_request(t, "normal", "1s", deadline_ms=late_now + 1_000) for t in TENANTS]
             await _publish(client, late)
             ids = _ids(backlog + doomed + urgent + late)
-            got = await seen.wait_all(ids, timeout=90)
+            got = await seen.wait_for(ids, timeout=90)
         expired = _ids(doomed + late)
         never_sent = {rid: _seen_by_simulator(simulator, rid) for rid in expired}
         sent = {rid: _seen_by_simulator(simulator, rid) for rid in _ids(urgent[:5])}
@@ -374,18 +311,15 @@ async def test_overload_sheds_lowest_priority_first_and_never_critical(
         def depth(priority: str) -> int:
             return int(((worker.status() or {}).get("scheduler") or {})["depth"][priority])
 
-        async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Responses(client) as seen,
-        ):
+        async with client_and_collector(stack) as (client, seen):
             await _publish(client, waves["low"])
-            await _until(lambda: depth("low") >= 10, 20, "lows to be queued")
+            await until(lambda: depth("low") >= 10, 20, "lows to be queued")
             await _publish(client, waves["normal"])
-            await _until(lambda: depth("normal") >= 8, 20, "normals to be queued")
+            await until(lambda: depth("normal") >= 8, 20, "normals to be queued")
             await _publish(client, waves["high"])
             await _publish(client, waves["critical"])
-            got = await seen.wait_all(ids, timeout=90)
-            copies = Counter(r.request_id for r in seen.all)
+            got = await seen.wait_for(ids, timeout=90)
+            copies = Counter(r.request_id for r in seen.responses)
             status = worker.status()
     finally:
         simulator.reset()
@@ -446,12 +380,9 @@ async def test_critical_intake_is_not_held_up_by_a_paused_low_backlog(
         stuck = [_request("t1", "high", model="sim/sim-small") for _ in range(2)]
         lows = _batch("low", 60)
         urgent = [_request(t, "critical", "urgent") for t in TENANTS]
-        async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Responses(client) as seen,
-        ):
+        async with client_and_collector(stack) as (client, seen):
             await _publish(client, stuck)
-            await _until(
+            await until(
                 lambda: "low" in (worker.status() or {}).get("paused", []),
                 20,
                 "low intake to pause behind the waiting high request",
@@ -460,7 +391,7 @@ async def test_critical_intake_is_not_held_up_by_a_paused_low_backlog(
             await asyncio.sleep(2)  # the low records reach the broker and the fetcher
             published = time.time()
             await _publish(client, urgent)
-            got = await seen.wait_all(_ids(urgent), timeout=60, workers=[worker])
+            got = await seen.wait_for(_ids(urgent), timeout=60, workers=[worker])
     finally:
         simulator.reset()
     waited = {
@@ -525,8 +456,7 @@ async def test_paused_priorities_stay_behind_high_work_across_a_rebalance(
         later = _batch("normal", 2) + _batch("low", 2)
         stop_highs = asyncio.Event()
         async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Responses(client) as seen,
+            client_and_collector(stack) as (client, seen),
             StatusSampler([w1]) as sampler,
         ):
 
@@ -539,9 +469,9 @@ async def test_paused_priorities_stay_behind_high_work_across_a_rebalance(
 
             await _publish(client, urgent)
             feeder = asyncio.create_task(keep_high_work_waiting())
-            await _until(lambda: (w1.status() or {}).get("queued", 0) >= 15, 20, "highs")
+            await until(lambda: (w1.status() or {}).get("queued", 0) >= 15, 20, "highs")
             await _publish(client, later)
-            await _until(
+            await until(
                 lambda: {"normal", "low"} <= set((w1.status() or {}).get("paused", [])),
                 10,
                 "w1 to pause normal and low",
@@ -556,8 +486,8 @@ async def test_paused_priorities_stay_behind_high_work_across_a_rebalance(
             stop_highs.set()
             await feeder
             ids = _ids(urgent + later)
-            got = await seen.wait_all(ids, timeout=60, workers=[w1, w2])
-            copies = Counter(r.request_id for r in seen.all)
+            got = await seen.wait_for(ids, timeout=60, workers=[w1, w2])
+            copies = Counter(r.request_id for r in seen.responses)
     finally:
         simulator.reset()
     print(

@@ -22,8 +22,14 @@ import httpx
 import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 
-from connectors.client import ChatResponse, SluicegateClient, build_request
-from tests.integration.conftest import Simulator, Stack, Worker, wait_until
+from connectors.client import SluicegateClient, build_request
+from tests.integration.conftest import (
+    Simulator,
+    Stack,
+    Worker,
+    client_and_collector,
+    wait_until,
+)
 
 PRICES = {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
 # One tenant per request partition (4 partitions, murmur2 of the key), so that with two
@@ -114,58 +120,6 @@ async def offer_load(
         tasks.append(asyncio.create_task(publish(record)))
     await asyncio.gather(*tasks)
     return load
-
-
-async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``wait_until`` for async tests: polls without blocking the event loop."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-class Collector:
-    """Every response on the client's reply topic, duplicates included, from now on."""
-
-    def __init__(self, client: SluicegateClient) -> None:
-        self.client = client
-        self.responses: list[ChatResponse] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Collector:
-        async def read() -> None:
-            async for response in self.client.responses(duplicates=True):
-                self.responses.append(response)
-
-        self._task = asyncio.create_task(read())
-        await asyncio.sleep(0)  # the listener is registered before anything is published
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    @property
-    def first(self) -> dict[str, ChatResponse]:
-        out: dict[str, ChatResponse] = {}
-        for response in self.responses:
-            out.setdefault(response.request_id, response)
-        return out
-
-    @property
-    def duplicates(self) -> int:
-        return sum(n - 1 for n in Counter(r.request_id for r in self.responses).values())
-
-    def missing(self, ids: set[str]) -> set[str]:
-        return ids - {r.request_id for r in self.responses}
-
-    async def wait_for(self, ids: set[str], timeout: float) -> None:
-        await until(lambda: not self.missing(ids), timeout, f"responses to {len(ids)} requests")
 
 
 @dataclass
@@ -286,10 +240,7 @@ async def run_outage(
     stack = make_stack(customize)
     worker = stack.start_worker()
     try:
-        async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Collector(client) as got,
-        ):
+        async with client_and_collector(stack) as (client, got):
             t0 = time.time()
             outage_start, outage_end = t0 + outage_at_s, t0 + outage_at_s + outage_s
             simulator.set_faults(
@@ -397,10 +348,7 @@ async def test_rpm_is_never_exceeded_in_any_60_s_window_at_5x_offered_load(
     await asyncio.to_thread(wait_for_share, started, 1 / workers)
     deadline_s = 12.0
     try:
-        async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Collector(client) as got,
-        ):
+        async with client_and_collector(stack) as (client, got):
             load = await offer_load(
                 client, lambda i: chat("limited", i, deadline_s=deadline_s), 5, 24
             )
@@ -463,10 +411,7 @@ async def test_429_storm_honours_retry_after_and_the_retry_budget(
         stack = make_stack(customize)
         stack.start_worker()
         try:
-            async with (
-                SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-                Collector(client) as got,
-            ):
+            async with client_and_collector(stack) as (client, got):
                 t0 = time.time()
                 storm_end = t0 + 7
                 simulator.set_faults(
@@ -607,10 +552,7 @@ async def test_timeouts_cut_short_by_request_deadlines_do_not_open_the_breaker(
     stack = make_stack(customize)
     worker = stack.start_worker()
     try:
-        async with (
-            SluicegateClient(stack.bootstrap, topic_prefix=stack.prefix) as client,
-            Collector(client) as got,
-        ):
+        async with client_and_collector(stack) as (client, got):
             load = await offer_load(
                 client, lambda i: chat("patient", i, deadline_s=0.6), rate=5, duration_s=4
             )
