@@ -15,7 +15,9 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from schemas.errors import SluicegateError
@@ -61,6 +63,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if updates:
         config = config.model_copy(update={"worker": config.worker.model_copy(update=updates)})
     ensure_sluicegate_topics(config)
+    _forget_state_of_another_cluster(Path(config.worker.data_dir), config.kafka.bootstrap_servers)
     app, _gateway = build_app(config)
     k = config.kafka
     ensure_topics(k.bootstrap_servers, changelog_specs(app), k.replication_factor)
@@ -78,6 +81,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = _Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
+
+
+def _forget_state_of_another_cluster(data_dir: Path, bootstrap: str) -> None:
+    """The worker's RocksDB files are a local copy of its tables' changelogs in one Kafka
+    cluster. Against another cluster (say, a broker formatted anew) they are stale, and
+    Faust refuses to start ("persisted offset ... higher than the highwater"): drop them,
+    so the tables are restored from this cluster's changelogs."""
+    from streams.topics import cluster_id
+
+    current = cluster_id(bootstrap)
+    marker = data_dir / "kafka-cluster-id"
+    if current is None:
+        return
+    if marker.exists() and marker.read_text().strip() != current:
+        print(
+            f"sluicegate worker: {data_dir} holds table state of another Kafka cluster; "
+            "removing it (the tables are restored from this cluster's changelogs)",
+            file=sys.stderr,
+        )
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(current)
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:

@@ -97,3 +97,9 @@ def topic_retention_ms(bootstrap: str, topic: str) -> int | None:
     configs = admin.describe_configs([resource])[resource].result(timeout=10)
     value = configs.get("retention.ms")
     return int(value.value) if value is not None and value.value is not None else None
+
+
+def cluster_id(bootstrap: str, timeout_s: float = 30) -> str | None:
+    """The Kafka cluster's id (a broker formatted anew gets a new one)."""
+    found: str | None = admin_client(bootstrap).list_topics(timeout=timeout_s).cluster_id
+    return found
