@@ -12,30 +12,14 @@ normalised back: text blocks joined, ``stop_reason`` mapped to OpenAI's ``finish
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 import httpx
 
 from connectors.providers.base import ChatCall, ChatResult, StreamChunk
-from connectors.providers.errors import ProviderError, UnavailableError
-from connectors.providers.transport import (
-    TRANSPORT_ERRORS,
-    AiohttpPoolTransport,
-    Endpoint,
-    as_int,
-    decode_json,
-    error_from_response,
-    make_client,
-    ratelimit_of,
-    read_error_body,
-    sse_data,
-    translate_exception,
-)
+from connectors.providers.http_chat import HttpChatProvider
+from connectors.providers.transport import as_int, ratelimit_of
 
 API_VERSION = "2023-06-01"
 
@@ -62,8 +46,10 @@ ERROR_TYPE_STATUS = {
 }
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpChatProvider):
     """``Provider`` for the Messages API; errors raised as ``ProviderError``."""
+
+    reply_shape = "Messages API"
 
     def __init__(
         self,
@@ -74,10 +60,7 @@ class AnthropicProvider:
         max_connections: int = 256,
         default_max_tokens: int = 1024,
     ) -> None:
-        self.name = name
-        self.timeout_s = timeout_s
         self.default_max_tokens = default_max_tokens
-        self._key = api_key
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
@@ -85,68 +68,8 @@ class AnthropicProvider:
         }
         if api_key:
             headers["x-api-key"] = api_key
-        transport = AiohttpPoolTransport(max_connections)
-        self._client = make_client(base_url, transport, headers)
         path = "messages" if base_url.rstrip("/").endswith("/v1") else "v1/messages"
-        self._messages = Endpoint(self._client, transport, path)
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
-
-    async def complete(self, call: ChatCall) -> ChatResult:
-        timeout_s = call.timeout_s or self.timeout_s
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._messages.send(
-                    self._messages.request(self._body(call, stream=False), _ids(call))
-                )
-        except TRANSPORT_ERRORS as exc:
-            raise self._translate(exc, call, timeout_s) from exc
-        latency_ms = (time.perf_counter() - started) * 1000
-        if response.status_code != 200:
-            raise self._http_error(response, call)
-        data = decode_json(response, provider=self.name, model=call.model)
-        try:
-            return self._result(data, call, latency_ms, response)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise self._malformed(call, response.status_code) from None
-
-    async def stream(self, call: ChatCall) -> AsyncIterator[StreamChunk]:
-        timeout_s = call.timeout_s or self.timeout_s
-        request = self._messages.request(
-            self._body(call, stream=True),
-            {**_ids(call), "accept": "text/event-stream"},
-            httpx.Timeout(timeout_s),
-        )
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._messages.send(request, stream=True)
-        except TRANSPORT_ERRORS as exc:
-            raise self._translate(exc, call, timeout_s) from exc
-        try:
-            if response.status_code != 200:
-                await read_error_body(response, lambda e: self._translate(e, call, timeout_s))
-                raise self._http_error(response, call)
-            last = StreamChunk(done=True, model=call.model, ratelimit=ratelimit_of(response))
-            events = sse_data(response, lambda e: self._translate(e, call, timeout_s))
-            async with aclosing(events):
-                async for data in events:
-                    delta, finished = self._apply_event(data, last, call)
-                    if delta:
-                        yield StreamChunk(delta=delta, model=last.model)
-                    if finished:
-                        break
-            last.latency_ms = (time.perf_counter() - started) * 1000
-            yield last
-        finally:
-            await response.aclose()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    # -- helpers ---------------------------------------------------------------------------
+        super().__init__(name, base_url, api_key, headers, path, timeout_s, max_connections)
 
     def _body(self, call: ChatCall, *, stream: bool) -> bytes:
         system = [m["content"] for m in call.messages if m.get("role") == "system"]
@@ -216,14 +139,7 @@ class AnthropicProvider:
             if kind == "error":
                 error = event.get("error") or {}
                 status = ERROR_TYPE_STATUS.get(error.get("type", ""), 500)
-                raise error_from_response(
-                    status,
-                    data.encode(),
-                    {},
-                    provider=self.name,
-                    model=call.model,
-                    secret=self._key,
-                )
+                raise self._error(status, data.encode(), {}, call)
             if kind == "message_start":
                 message = event["message"]
                 last.model = message.get("model") or last.model
@@ -245,29 +161,6 @@ class AnthropicProvider:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise self._malformed(call, 200) from None
 
-    def _translate(self, exc: BaseException, call: ChatCall, timeout_s: float) -> ProviderError:
-        return translate_exception(
-            exc, provider=self.name, model=call.model, timeout_s=timeout_s, secret=self._key
-        )
-
-    def _http_error(self, response: httpx.Response, call: ChatCall) -> ProviderError:
-        return error_from_response(
-            response.status_code,
-            response.content,
-            response.headers,
-            provider=self.name,
-            model=call.model,
-            secret=self._key,
-        )
-
-    def _malformed(self, call: ChatCall, status: int) -> ProviderError:
-        return UnavailableError(
-            "reply does not have the Messages API shape",
-            provider=self.name,
-            model=call.model,
-            status=status,
-        )
-
 
 def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI ``{"type": "function", "function": {...}}`` tool in Anthropic's shape."""
@@ -279,7 +172,3 @@ def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
         "description": function.get("description", ""),
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
     }
-
-
-def _ids(call: ChatCall) -> dict[str, str]:
-    return {"x-sluicegate-request-id": call.request_id} if call.request_id else {}

@@ -10,34 +10,20 @@ each later read.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 import httpx
 
 from connectors.providers.base import ChatCall, ChatResult, StreamChunk
-from connectors.providers.errors import ProviderError, UnavailableError
-from connectors.providers.transport import (
-    TRANSPORT_ERRORS,
-    AiohttpPoolTransport,
-    Endpoint,
-    as_int,
-    decode_json,
-    error_from_response,
-    make_client,
-    ratelimit_of,
-    read_error_body,
-    sse_data,
-    translate_exception,
-)
+from connectors.providers.http_chat import HttpChatProvider
+from connectors.providers.transport import as_int, ratelimit_of
 
 
-class OpenAICompatProvider:
+class OpenAICompatProvider(HttpChatProvider):
     """``Provider`` for ``POST /chat/completions``; errors raised as ``ProviderError``."""
+
+    reply_shape = "chat completion"
 
     def __init__(
         self,
@@ -47,83 +33,12 @@ class OpenAICompatProvider:
         timeout_s: float = 60.0,
         max_connections: int = 256,
     ) -> None:
-        self.name = name
-        self.timeout_s = timeout_s
-        self._key = api_key
         headers = {"content-type": "application/json", "accept": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        transport = AiohttpPoolTransport(max_connections)
-        self._client = make_client(base_url, transport, headers)
-        self._completions = Endpoint(self._client, transport, "chat/completions")
-
-    def __repr__(self) -> str:
-        return f"OpenAICompatProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
-
-    async def complete(self, call: ChatCall) -> ChatResult:
-        timeout_s = call.timeout_s or self.timeout_s
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._completions.send(
-                    self._completions.request(self._body(call, stream=False), _ids(call))
-                )
-        except TRANSPORT_ERRORS as exc:
-            raise self._translate(exc, call, timeout_s) from exc
-        latency_ms = (time.perf_counter() - started) * 1000
-        if response.status_code != 200:
-            raise self._http_error(response, call)
-        data = decode_json(response, provider=self.name, model=call.model)
-        try:
-            return self._result(data, call, latency_ms, response)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise self._malformed(call, response.status_code) from None
-
-    async def stream(self, call: ChatCall) -> AsyncIterator[StreamChunk]:
-        timeout_s = call.timeout_s or self.timeout_s
-        request = self._completions.request(
-            self._body(call, stream=True),
-            {**_ids(call), "accept": "text/event-stream"},
-            httpx.Timeout(timeout_s),
+        super().__init__(
+            name, base_url, api_key, headers, "chat/completions", timeout_s, max_connections
         )
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._completions.send(request, stream=True)
-        except TRANSPORT_ERRORS as exc:
-            raise self._translate(exc, call, timeout_s) from exc
-        try:
-            if response.status_code != 200:
-                await read_error_body(response, lambda e: self._translate(e, call, timeout_s))
-                raise self._http_error(response, call)
-            last = StreamChunk(done=True, model=call.model, ratelimit=ratelimit_of(response))
-            events = sse_data(response, lambda e: self._translate(e, call, timeout_s))
-            async with aclosing(events):
-                async for data in events:
-                    if data == "[DONE]":
-                        break
-                    event = self._event(data, call)
-                    if isinstance(event.get("error"), dict):  # an error sent mid-stream
-                        raise error_from_response(
-                            500,
-                            data.encode(),
-                            {},
-                            provider=self.name,
-                            model=call.model,
-                            secret=self._key,
-                        )
-                    delta = self._apply_chunk(event, last, call)
-                    if delta:
-                        yield StreamChunk(delta=delta, model=last.model)
-            last.latency_ms = (time.perf_counter() - started) * 1000
-            yield last
-        finally:
-            await response.aclose()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    # -- helpers ---------------------------------------------------------------------------
 
     def _result(
         self, data: dict[str, Any], call: ChatCall, latency_ms: float, response: httpx.Response
@@ -163,6 +78,15 @@ class OpenAICompatProvider:
         body.update(call.extra)
         return json.dumps(body, separators=(",", ":")).encode()
 
+    def _apply_event(self, data: str, last: StreamChunk, call: ChatCall) -> tuple[str, bool]:
+        """Fold one stream event into ``last``; return (text delta, stream finished)."""
+        if data == "[DONE]":
+            return "", True
+        event = self._event(data, call)
+        if isinstance(event.get("error"), dict):  # an error sent mid-stream
+            raise self._error(500, data.encode(), {}, call)
+        return self._apply_chunk(event, last, call), False
+
     def _apply_chunk(self, event: dict[str, Any], last: StreamChunk, call: ChatCall) -> str:
         """Fold one chunk's model/usage/finish_reason into ``last``; return its text delta."""
         try:
@@ -187,30 +111,3 @@ class OpenAICompatProvider:
         if not isinstance(event, dict):
             raise self._malformed(call, 200)
         return event
-
-    def _translate(self, exc: BaseException, call: ChatCall, timeout_s: float) -> ProviderError:
-        return translate_exception(
-            exc, provider=self.name, model=call.model, timeout_s=timeout_s, secret=self._key
-        )
-
-    def _http_error(self, response: httpx.Response, call: ChatCall) -> ProviderError:
-        return error_from_response(
-            response.status_code,
-            response.content,
-            response.headers,
-            provider=self.name,
-            model=call.model,
-            secret=self._key,
-        )
-
-    def _malformed(self, call: ChatCall, status: int) -> ProviderError:
-        return UnavailableError(
-            "reply does not have the chat completion shape",
-            provider=self.name,
-            model=call.model,
-            status=status,
-        )
-
-
-def _ids(call: ChatCall) -> dict[str, str]:
-    return {"x-sluicegate-request-id": call.request_id} if call.request_id else {}
