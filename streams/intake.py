@@ -80,9 +80,9 @@ class RequestReader:
         self.bootstrap_servers = bootstrap_servers
         self._consumer: AIOKafkaConsumer | None = None  # made in start(), inside the loop
         self._assigned: set[TopicPartition] = set()
+        self._by_priority: dict[Priority, list[TopicPartition]] = {}  # most urgent first
         self._paused: frozenset[Priority] = frozenset()
         self._room = asyncio.Event()
-        self.taken = 0
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -112,6 +112,10 @@ class RequestReader:
             if tp.topic in self.topic_priority
         }
         self._assigned = wanted
+        self._by_priority = {
+            p: sorted(tp for tp in wanted if self.topic_priority[tp.topic] == p)
+            for p in sorted(set(self.topic_priority.values()))
+        }
         if self._consumer is not None:
             self._consumer.assign(sorted(wanted))
             self._apply_pauses()
@@ -164,9 +168,8 @@ class RequestReader:
                 continue
             assert self._consumer is not None
             batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
-            for priority in sorted(set(self.topic_priority.values())):
-                partitions = self._partitions(priority)
-                if partitions:
+            for priority, partitions in self._by_priority.items():  # most urgent first
+                if partitions and priority not in self._paused:
                     batch = await self._consumer.getmany(
                         *partitions, timeout_ms=0, max_records=self.batch_records
                     )
@@ -185,11 +188,6 @@ class RequestReader:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), timeout=0.5)
 
-    def _partitions(self, priority: Priority) -> list[TopicPartition]:
-        if priority in self._paused:
-            return []
-        return [tp for tp in self._assigned if self.topic_priority[tp.topic] == priority]
-
     async def _take(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
         """Hand the partition's records to the gateway in order; True if some were held
         back (the consumer is rewound to the first of them, to be fetched again)."""
@@ -197,7 +195,7 @@ class RequestReader:
         for record in records:
             if tp not in self._assigned:
                 return False  # revoked meanwhile: the new owner reads the rest
-            if priority in self._paused or not self.may_take(priority):
+            if not self.may_take(priority):  # paused, or no room for it
                 assert self._consumer is not None
                 self._consumer.seek(tp, record.offset)
                 return True
@@ -207,5 +205,4 @@ class RequestReader:
                     await self.handle(event)
             except Exception:  # a bug must not stop intake: the record stays unacked
                 log.exception("intake failed for %s:%s@%s", tp.topic, tp.partition, record.offset)
-            self.taken += 1
         return False
