@@ -114,9 +114,7 @@ def print_summary(run: dict[str, Any], console: Console | None = None) -> None:
         targets.add_column(col, overflow="fold")
     for c in all_checks(run):
         style = {True: "green", False: "red", None: "yellow"}[c.met]
-        targets.add_row(
-            c.name, fmt(c.value, c.unit), _bound(c), f"[{style}]{c.verdict()}"
-        )
+        targets.add_row(c.name, fmt(c.value, c.unit), _bound(c), f"[{style}]{c.verdict()}")
     console.print(targets)
 
 
@@ -333,10 +331,7 @@ def write_markdown(run: dict[str, Any], path: Path, charts: dict[str, str], stem
     lines.append(
         md_table(
             ["target", "measured", "limit", "verdict"],
-            [
-                [c.name, fmt(c.value, c.unit), _bound(c), c.verdict()]
-                for c in checks
-            ],
+            [[c.name, fmt(c.value, c.unit), _bound(c), c.verdict()] for c in checks],
         )
     )
     lines += ["", "## What limits throughput and latency", ""]
