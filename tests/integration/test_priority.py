@@ -254,6 +254,13 @@ async def test_requests_whose_deadline_passes_while_waiting_are_shed_and_never_s
         async with client_and_collector(stack) as (client, seen):
             await _publish(client, backlog)
             await _publish(client, doomed)
+            # The reader takes the most urgent priority first: let the doomed requests be
+            # queued before the high ones arrive, or they are refused at the door instead.
+            await until(
+                lambda: ((worker.status() or {}).get("counts") or {}).get("received", 0) >= 30,
+                10,
+                "the backlog and the doomed requests to be taken in",
+            )
             await _publish(client, urgent)
             await until(
                 lambda: "normal" in (worker.status() or {}).get("paused", []),
