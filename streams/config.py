@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connectors.kafka_connection import KafkaConnection
 from schemas.errors import SluicegateError
 from streams.policies import degradation, provider_cap
 from streams.policies.admission import AdmissionConfig, TenantPolicy
@@ -49,6 +50,16 @@ class KafkaConfig(_Model):
     replication_factor: int = Field(default=1, ge=1)
     retention_days: float = Field(default=14, gt=0)
     deadletter_retention_days: float = Field(default=30, gt=0)
+    # One limit for record size: the ingress body limit, validation and every producer.
+    max_record_bytes: int = Field(default=1_048_576, ge=65_536)
+
+    def connection(self, client_id: str = "sluicegate") -> KafkaConnection:
+        """The plain connection object every client stack is built from."""
+        return KafkaConnection(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=client_id,
+            max_record_bytes=self.max_record_bytes,
+        )
 
 
 class WorkerConfig(_Model):
